@@ -1,0 +1,1 @@
+"""CHAN-ASDG: hard alignment and multi-scale fusion for image-text retrieval."""

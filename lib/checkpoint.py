@@ -1,0 +1,66 @@
+"""Checkpoints that never destroy an earlier one.
+
+Each file is written to a temporary name in the same folder, flushed, then ``os.replace``d over
+the target, so a crash mid-save leaves the previous checkpoint intact. The whole run config,
+the vocabulary (BiGRU) and the RNG states travel inside the checkpoint, so ``eval.py`` needs only
+the checkpoint and ``--resume`` continues exactly where training stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+LATEST, BEST = "checkpoint.pth", "model_best.pth"
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict, folder: str | Path, is_best: bool) -> None:
+    """Write ``checkpoint.pth`` (always) and ``model_best.pth`` (when ``is_best``)."""
+    atomic_save(state, Path(folder) / LATEST)
+    if is_best:
+        atomic_save(state, Path(folder) / BEST)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt/foreign files
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
+    missing = {"model", "config"} - set(ckpt)
+    if missing:
+        raise ValueError(f"{path}: not a CHAN-ASDG checkpoint (missing {sorted(missing)})")
+    return ckpt

@@ -1,0 +1,195 @@
+"""SCAN "precomp" data: BUTD region features plus captions (SPEC §2).
+
+``{root}/precomp/{split}_ims.npy`` is float32 ``(N_img, R, img_dim)`` and is memory-mapped (COCO
+train is ~33 GB); ``{split}_caps.txt`` holds one caption per line. Caption ``k`` belongs to image
+``k // im_div`` where ``im_div`` is 5 (five captions per image) or 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import DataError
+from .vocab import read_lines
+
+SPLITS = ("train", "dev", "test", "testall")
+DEV_CAPTIONS = 5000  # validation uses the first 5,000 dev captions (1,000 images)
+
+
+@dataclass
+class PrecompSplit:
+    """Validated description of one split; features are opened lazily in each process."""
+
+    ims_path: Path
+    captions: list[str]
+    num_images: int
+    im_div: int  # captions per image (5 or 1)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.captions)
+
+    def image_of(self, caption_index: int) -> int:
+        return caption_index // self.im_div
+
+
+def open_split(data_path: str | Path, split: str, img_dim: int) -> PrecompSplit:
+    """Check a split's files and return its description, or raise :class:`DataError`."""
+    folder = Path(data_path) / "precomp"
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder} (expected the SCAN layout "
+                        f"<data_path>/precomp/{{split}}_ims.npy and {{split}}_caps.txt)")
+    ims_path, caps_path = folder / f"{split}_ims.npy", folder / f"{split}_caps.txt"
+    for path in (ims_path, caps_path):
+        if not path.is_file():
+            raise DataError(f"missing file: {path} (split {split!r} needs {ims_path.name} "
+                            f"and {caps_path.name})")
+    shape = _feature_shape(ims_path)
+    if len(shape) != 3 or shape[2] != img_dim:
+        raise DataError(f"{ims_path}: expected features of shape (N_img, regions, {img_dim}) "
+                        f"(--img_dim {img_dim}), found {shape}")
+    captions = read_lines(caps_path)
+    num_images = shape[0]
+    if len(captions) == 5 * num_images:
+        im_div = 5
+    elif len(captions) == num_images:
+        im_div = 1
+    else:
+        raise DataError(f"{caps_path}: expected {5 * num_images} or {num_images} captions for the "
+                        f"{num_images} images of {ims_path.name}, found {len(captions)}")
+    if split == "dev" and len(captions) > DEV_CAPTIONS:
+        captions = captions[:DEV_CAPTIONS]
+        num_images = DEV_CAPTIONS // im_div
+    return PrecompSplit(ims_path, captions, num_images, im_div)
+
+
+def _feature_shape(path: Path) -> tuple[int, ...]:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{path}: expected floating-point features, found dtype {arr.dtype}")
+    return tuple(arr.shape)
+
+
+class _Features:
+    """Per-process memory map of ``{split}_ims.npy`` (never pickled into workers)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._array = None
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.array(self._array[index], dtype=np.float32))
+
+    def __getstate__(self):
+        return {"path": self.path, "_array": None}
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """Augmentation RNG as a pure function of (seed, epoch, item): same draws for any workers."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+
+
+class PairDataset(Dataset):
+    """(image regions, caption tokens) pairs, one per caption; augments when ``train``."""
+
+    def __init__(self, split: PrecompSplit, tokenizer, train: bool = False,
+                 region_drop: float = 0.0, seed: int = 0):
+        self.split = split
+        self.tokenizer = tokenizer
+        self.train = train
+        self.region_drop = region_drop
+        self.seed = seed
+        self.epoch = 0
+        self.features = _Features(split.ims_path)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.split.num_captions
+
+    def __getitem__(self, index: int):
+        img_index = self.split.image_of(index)
+        regions = self.features[img_index]  # (R, img_dim)
+        gen = item_generator(self.seed, self.epoch, index) if self.train else None
+        tokens = self.tokenizer.encode(self.split.captions[index], gen)
+        if gen is not None and self.region_drop > 0:
+            keep = torch.rand(regions.shape[0], generator=gen) >= self.region_drop
+            if not keep.any():
+                keep[torch.randint(regions.shape[0], (1,), generator=gen)] = True
+            regions = regions[keep]
+        return regions, torch.tensor(tokens, dtype=torch.long), index, img_index
+
+
+class ImageDataset(Dataset):
+    """Each image once (evaluation encodes images and captions separately)."""
+
+    def __init__(self, split: PrecompSplit):
+        self.split = split
+        self.features = _Features(split.ims_path)
+
+    def __len__(self) -> int:
+        return self.split.num_images
+
+    def __getitem__(self, index: int):
+        return self.features[index], index
+
+
+class CaptionDataset(Dataset):
+    def __init__(self, split: PrecompSplit, tokenizer):
+        self.split = split
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return self.split.num_captions
+
+    def __getitem__(self, index: int):
+        return torch.tensor(self.tokenizer.encode(self.split.captions[index]), dtype=torch.long), index
+
+
+def pad_sequences(seqs: list[torch.Tensor], pad_value=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length tensors into ``(N, L_max, ...)`` plus their ``(N,)`` lengths."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    padded = seqs[0].new_full((len(seqs), int(lengths.max()), *seqs[0].shape[1:]), pad_value)
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)] = s
+    return padded, lengths
+
+
+class PairCollate:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch):
+        regions, tokens, cap_ids, img_ids = zip(*batch, strict=True)
+        images, img_lens = pad_sequences(list(regions))
+        captions, cap_lens = pad_sequences(list(tokens), self.pad_id)
+        return {"images": images, "img_lens": img_lens, "captions": captions,
+                "cap_lens": cap_lens, "cap_ids": torch.tensor(cap_ids),
+                "img_ids": torch.tensor(img_ids)}
+
+
+def collate_images(batch):
+    regions, ids = zip(*batch, strict=True)
+    images, lengths = pad_sequences(list(regions))
+    return {"images": images, "img_lens": lengths, "ids": torch.tensor(ids)}
+
+
+class CaptionCollate:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch):
+        tokens, ids = zip(*batch, strict=True)
+        captions, lengths = pad_sequences(list(tokens), self.pad_id)
+        return {"captions": captions, "cap_lens": lengths, "ids": torch.tensor(ids)}

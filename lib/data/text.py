@@ -1,0 +1,109 @@
+"""Caption tokenizers with train-time caption augmentation (SPEC §3).
+
+Both tokenizers expose ``encode(caption, generator=None) -> list[int]`` and ``pad_id``. With a
+``generator`` each word is selected with probability 0.2 and then masked (50%), replaced by random
+tokens (10%) or deleted (40%); WordPiece models treat a word's sub-tokens together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .vocab import MASK_TOKEN, Vocabulary, tokenize_words
+
+KEEP, MASK, RANDOM, DELETE = 0, 1, 2, 3
+
+
+def word_actions(num_words: int, generator: torch.Generator, p_select: float = 0.2,
+                 p_mask: float = 0.5, p_random: float = 0.1) -> list[int]:
+    """Draw one augmentation action per word (KEEP, MASK, RANDOM or DELETE)."""
+    draws = torch.rand(num_words, generator=generator).tolist()
+    actions = []
+    for u in draws:
+        if u >= p_select:
+            actions.append(KEEP)
+            continue
+        u /= p_select  # uniform again on [0, 1)
+        actions.append(MASK if u < p_mask else RANDOM if u < p_mask + p_random else DELETE)
+    return actions
+
+
+class VocabTokenizer:
+    """Word-level tokenizer for the BiGRU: ``<start> w1 ... wn <end>``."""
+
+    def __init__(self, vocab: Vocabulary):
+        self.vocab = vocab
+        self.pad_id = vocab("<pad>")
+        self.mask_id = vocab(MASK_TOKEN)
+
+    def encode(self, caption: str, generator: torch.Generator | None = None) -> list[int]:
+        ids = [self.vocab(w) for w in tokenize_words(caption)]
+        if generator is not None:
+            ids = self._augment(ids, generator)
+        return [self.vocab("<start>"), *ids, self.vocab("<end>")]
+
+    def _augment(self, ids: list[int], generator: torch.Generator) -> list[int]:
+        out = []
+        for token, action in zip(ids, word_actions(len(ids), generator), strict=True):
+            if action == KEEP:
+                out.append(token)
+            elif action == MASK:
+                out.append(self.mask_id)
+            elif action == RANDOM:
+                out.append(int(torch.randint(len(self.vocab), (1,), generator=generator)))
+        return out
+
+
+class WordPieceTokenizer:
+    """A Hugging Face fast tokenizer; augmentation acts on whole words via ``word_ids()``."""
+
+    def __init__(self, name_or_path: str, max_length: int = 128):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{name_or_path}: a fast tokenizer (tokenizer.json) is required")
+        self.pad_id = self.tokenizer.pad_token_id
+        self.mask_id = self.tokenizer.mask_token_id
+        self.cls_id = self.tokenizer.cls_token_id
+        self.sep_id = self.tokenizer.sep_token_id
+        self.vocab_size = len(self.tokenizer)
+        self.max_length = max_length
+
+    def encode(self, caption: str, generator: torch.Generator | None = None) -> list[int]:
+        enc = self.tokenizer(caption, add_special_tokens=False)
+        ids = enc["input_ids"]
+        if generator is not None:
+            ids = self._augment(ids, enc.word_ids(), generator)
+        return [self.cls_id, *ids[: self.max_length - 2], self.sep_id]
+
+    def _augment(self, ids: list[int], word_ids: list[int | None],
+                 generator: torch.Generator) -> list[int]:
+        words = sorted({w for w in word_ids if w is not None})
+        action_of = dict(zip(words, word_actions(len(words), generator), strict=True))
+        out = []
+        for token, word in zip(ids, word_ids, strict=True):
+            action = action_of.get(word, KEEP)
+            if action == KEEP:
+                out.append(token)
+            elif action == MASK:
+                out.append(self.mask_id)
+            elif action == RANDOM:
+                out.append(int(torch.randint(self.vocab_size, (1,), generator=generator)))
+        return out
+
+
+def resolve_vocab_file(vocab_path: str | Path, data_name: str) -> Path:
+    """``--vocab_path`` may name the JSON file or the folder holding ``{data}_precomp_vocab.json``."""
+    path = Path(vocab_path)
+    if path.is_dir():
+        path = path / f"{data_name.removesuffix('_precomp')}_precomp_vocab.json"
+    if not path.is_file():
+        raise DataError(
+            f"vocabulary not found: {path} (expected a SCAN vocab JSON; build one with "
+            f"`python -m lib.data.vocab --captions <train_caps.txt> --out {path}`)"
+        )
+    return path

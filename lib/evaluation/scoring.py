@@ -1,0 +1,185 @@
+"""Encode a split once and score every image against every caption in bounded memory.
+
+Layout: image regions stay padded ``(N_img, R, D)`` (R <= 36); caption tokens are *packed*
+``(T, D)`` with per-caption offsets, so no memory or FLOPs go to padding. Scores are computed in
+blocks sized from the free memory of the device:
+
+* VHA coding (the published setting) takes a fast path: one matrix product of the image regions
+  of a block against the packed tokens of a caption range, a max over regions, then the pooling
+  on the (images, captions, tokens) values -- the FLOPs are those of the plain product.
+* Region-indexed codings (THA, VSA, mixed) build ``(images, captions, R, L)`` blocks over
+  captions sorted by length, so each block is padded only to its own longest caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from ..masking import length_mask
+from ..precision import autocast, matmul_mode, storage_dtype
+from ..similarity import TOKEN_CODINGS, global_sims, pool
+
+CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
+
+
+@dataclass
+class PackedSequences:
+    """Variable-length sequences stored back to back: ``data[offsets[i]:offsets[i]+lengths[i]]``."""
+
+    data: torch.Tensor  # (T, D)
+    lengths: torch.Tensor  # (N,)
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        return torch.cumsum(self.lengths, 0) - self.lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @classmethod
+    def from_padded(cls, padded: torch.Tensor, lengths: torch.Tensor) -> PackedSequences:
+        mask = length_mask(lengths.to(padded.device), padded.shape[1])
+        return cls(padded[mask], lengths.to(padded.device))
+
+    def to_padded(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather sequences ``indices`` into ``(n, L_max, D)`` zero-padded, plus lengths."""
+        lengths = self.lengths[indices]
+        mask = length_mask(lengths)  # (n, L_max)
+        starts = self.offsets[indices]
+        rows = starts[:, None] + torch.arange(mask.shape[1], device=mask.device)
+        out = self.data.new_zeros(*mask.shape, self.data.shape[1])
+        out[mask] = self.data[rows[mask]]
+        return out, lengths
+
+
+@dataclass
+class EncodedSplit:
+    images: torch.Tensor  # (N_img, R, D)
+    img_lens: torch.Tensor  # (N_img,)
+    captions: PackedSequences  # (T, D) tokens of N_cap captions
+
+
+@torch.no_grad()
+def encode_split(model, image_loader, caption_loader, device: torch.device,
+                 precision: str = "fp32", progress: bool = True) -> EncodedSplit:
+    """Run both encoders once over a split; embeddings are stored in the scoring precision."""
+    model.eval()
+    dtype = storage_dtype(precision)
+    images, img_lens, tokens, cap_lens = [], [], [], []
+    with autocast(precision, device):
+        for batch in tqdm(image_loader, desc="encode images", disable=not progress, leave=False):
+            emb, lens = model.encode_images(batch["images"].to(device, non_blocking=True),
+                                            batch["img_lens"].to(device))
+            images.append(emb.to(dtype))
+            img_lens.append(lens)
+        for batch in tqdm(caption_loader, desc="encode captions", disable=not progress,
+                          leave=False):
+            emb, lens = model.encode_captions(batch["captions"].to(device, non_blocking=True),
+                                              batch["cap_lens"].to(device))
+            packed = PackedSequences.from_padded(emb.to(dtype), lens)
+            tokens.append(packed.data)
+            cap_lens.append(lens)
+    width = max(x.shape[1] for x in images)
+    images = torch.cat([torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1])) for x in images])
+    return EncodedSplit(images, torch.cat(img_lens),
+                        PackedSequences(torch.cat(tokens), torch.cat(cap_lens)))
+
+
+def block_budget(device: torch.device, fraction: float = 0.25) -> int:
+    """How many float32 elements one scoring intermediate may hold on ``device``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(2**20, int(free * fraction) // 4)
+    return CPU_BLOCK_ELEMENTS
+
+
+@torch.no_grad()
+def score_matrix(sim, images: torch.Tensor, img_lens: torch.Tensor, captions: PackedSequences,
+                 precision: str = "fp32", max_elements: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
+    """``(N_img, N_cap)`` float32 scores of ``sim`` (a :class:`lib.models.Similarity`)."""
+    device = images.device
+    budget = max_elements or block_budget(device)
+    dtype = storage_dtype(precision)
+    images, captions = images.to(dtype), PackedSequences(captions.data.to(dtype), captions.lengths)
+    with matmul_mode(precision):
+        if sim.coding == "global":
+            caps, lens = captions.to_padded(torch.arange(len(captions), device=device))
+            return global_sims(images.float(), img_lens, caps.float(), lens)
+        if sim.coding in TOKEN_CODINGS:
+            return _token_coding_scores(sim, images, img_lens, captions, budget, progress)
+        return _region_coding_scores(sim, images, img_lens, captions, budget, progress)
+
+
+def _token_coding_scores(sim, images, img_lens, captions, budget, progress):
+    n_img, n_reg, _ = images.shape
+    n_cap = len(captions)
+    out = torch.empty(n_img, n_cap, device=images.device)
+    region_pad = ~length_mask(img_lens, n_reg)  # (N_img, R)
+    any_pad = bool(region_pad.any())
+    offsets = captions.offsets
+    # split captions into ranges of at most `tokens_per_block` tokens
+    img_step = min(n_img, max(1, budget // (n_reg * 64)))
+    tokens_per_block = max(int(captions.lengths.max()), budget // (img_step * n_reg))
+    ranges = _caption_ranges(captions.lengths, tokens_per_block)
+    bar = tqdm(total=len(ranges) * -(-n_img // img_step), desc="scoring", disable=not progress,
+               leave=False)
+    for c0, c1 in ranges:
+        t0 = int(offsets[c0])
+        lens = captions.lengths[c0:c1]
+        tokens = captions.data[t0:t0 + int(lens.sum())]  # (T, D)
+        token_mask = length_mask(lens)  # (n_cap, L)
+        for i0 in range(0, n_img, img_step):
+            block = images[i0:i0 + img_step]  # (n_img, R, D)
+            sims = (block.reshape(-1, block.shape[-1]) @ tokens.t()).view(len(block), n_reg, -1)
+            if any_pad:
+                sims = sims.masked_fill(region_pad[i0:i0 + img_step, :, None],
+                                        torch.finfo(sims.dtype).min)
+            best = sims.amax(dim=1).float()  # (n_img, T): best region per token
+            values = best.new_zeros(len(block), *token_mask.shape)  # (n_img, n_cap, L)
+            values[:, token_mask] = best
+            out[i0:i0 + img_step, c0:c1] = pool(values, token_mask[None], sim.pooling, sim.belta)
+            bar.update()
+    bar.close()
+    return out
+
+
+def _caption_ranges(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, int]]:
+    """Contiguous caption ranges whose token counts stay within ``max_tokens``."""
+    ends = torch.cumsum(lengths, 0).tolist()
+    ranges, start, base = [], 0, 0
+    for i, end in enumerate(ends):
+        if end - base > max_tokens and i > start:
+            ranges.append((start, i))
+            start, base = i, ends[i - 1]
+    ranges.append((start, len(ends)))
+    return ranges
+
+
+def _region_coding_scores(sim, images, img_lens, captions, budget, progress):
+    n_img, n_reg, _ = images.shape
+    n_cap = len(captions)
+    out = torch.empty(n_img, n_cap, device=images.device)
+    # ~4 live (images, captions, R, L) intermediates in the soft coding
+    budget = max(1, budget // 4)
+    order = torch.argsort(captions.lengths, descending=True, stable=True)
+    max_len = int(captions.lengths.max())
+    img_step = min(n_img, max(1, budget // (n_reg * max_len)))
+    bar = tqdm(total=n_cap, desc="scoring", disable=not progress, leave=False)
+    start = 0
+    while start < n_cap:
+        longest = int(captions.lengths[order[start]])
+        cap_step = max(1, budget // (img_step * n_reg * longest))
+        idx = order[start:start + cap_step]
+        caps, lens = captions.to_padded(idx)  # (n_cap, L, D)
+        for i0 in range(0, n_img, img_step):
+            block = sim(images[i0:i0 + img_step], img_lens[i0:i0 + img_step], caps, lens,
+                        max_elements=budget)
+            out[i0:i0 + img_step, idx] = block.float()
+        bar.update(len(idx))
+        start += len(idx)
+    bar.close()
+    return out

@@ -1,0 +1,65 @@
+"""Ranking losses on the ``(B, B)`` score matrix (rows: images, columns: captions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def positive_mask(img_ids: torch.Tensor) -> torch.Tensor:
+    """(B, B) True where the image of pair i is the image of caption j.
+
+    A batch may hold two captions of one image; such pairs are matches, not negatives.
+    """
+    return img_ids[:, None] == img_ids[None, :]
+
+
+class ContrastiveLoss(nn.Module):
+    """Hinge triplet loss with a margin, summed over both retrieval directions.
+
+    With ``max_violation`` only the hardest negative of each query counts (VSE++); otherwise all
+    negatives are summed (the warm-up regime of ``--vse_mean_warmup_epochs``).
+    """
+
+    def __init__(self, margin: float = 0.05, max_violation: bool = False):
+        super().__init__()
+        self.margin = margin
+        self.max_violation = max_violation
+
+    def forward(self, scores: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+        positive = scores.diag()  # (B,)
+        negatives = ~positive_mask(img_ids)
+        # cost_caption[i, j]: caption j ranked above image i's own caption
+        cost_caption = (self.margin + scores - positive[:, None]).clamp(min=0)
+        # cost_image[i, j]: image i ranked above caption j's own image
+        cost_image = (self.margin + scores - positive[None, :]).clamp(min=0)
+        cost_caption = cost_caption.masked_fill(~negatives, 0)
+        cost_image = cost_image.masked_fill(~negatives, 0)
+        if self.max_violation:
+            return cost_caption.amax(dim=1).sum() + cost_image.amax(dim=0).sum()
+        return cost_caption.sum() + cost_image.sum()
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric InfoNCE: cross-entropy over ``scores / temperature``, other matches masked."""
+
+    def __init__(self, temperature: float = 0.01):
+        super().__init__()
+        self.temperature = temperature
+        self.max_violation = False  # unused; keeps the criterion interface uniform
+
+    def forward(self, scores: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+        logits = (scores / self.temperature).masked_fill(positive_mask(img_ids) & ~eye,
+                                                         float("-inf"))
+        target = torch.arange(len(scores), device=scores.device)
+        return (nn.functional.cross_entropy(logits, target)
+                + nn.functional.cross_entropy(logits.t(), target)) / 2
+
+
+def build_criterion(args) -> nn.Module:
+    if args.criterion == "ContrastiveLoss":
+        return ContrastiveLoss(margin=args.margin, max_violation=args.max_violation)
+    if args.criterion == "InfoNCELoss":
+        return InfoNCELoss(temperature=args.temperature)
+    raise ValueError(f"unknown --criterion {args.criterion!r} (ContrastiveLoss|InfoNCELoss)")
