@@ -1,0 +1,116 @@
+"""Evaluate a checkpoint or saved score matrices with the exact protocol of SPEC §5.
+
+    python eval.py --model_path runs/f30k/model_best.pth --data_path data/f30k --split test
+    python eval.py --model_path runs/coco/model_best.pth --data_path data/coco --fold5
+    python eval.py --results a.npy b.npy [--fold5]        # ensemble: mean of the score matrices
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib.checkpoint import load_checkpoint
+from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
+from lib.evaluation import evaluate_split, fold_metrics, format_metrics, recall_metrics
+from lib.models import build_model
+from lib.precision import PRECISIONS, default_device, resolve
+
+DEFAULT_SPLIT = {"coco": "testall", "f30k": "test"}
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    src = p.add_argument_group("what to evaluate (one of)")
+    src.add_argument("--model_path", help="checkpoint (model_best.pth or checkpoint.pth)")
+    src.add_argument("--results", nargs="+", help="saved score files (.npy) to evaluate/ensemble")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=("f30k", "coco", "toy"),
+                   help="sets the default split (f30k: test, coco: testall)")
+    g.add_argument("--data_path", help="dataset folder holding precomp/ (default: the training "
+                   "data_path stored in the checkpoint)")
+    g.add_argument("--split", choices=SPLITS, help="split to evaluate (default: test/testall)")
+    g.add_argument("--batch_size", type=int, default=128, help="encoding batch size")
+    g.add_argument("--workers", type=int, default=2, help="data loader workers")
+    g = p.add_argument_group("protocol and output")
+    g.add_argument("--fold5", action="store_true",
+                   help="COCO 1K: mean over 5 folds of 1,000 images (default: whole split)")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="precision of encoding and scoring (see docs/PERFORMANCE.md)")
+    g.add_argument("--device", help="cuda | cpu (default: cuda when available)")
+    g.add_argument("--save_results", help="write {'npts': N_img, 'sims': (N_img, N_cap)} here")
+    g.add_argument("--metrics_out", help="write the metrics as JSON here")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def load_results(paths: list[str]) -> np.ndarray:
+    """Mean score matrix of saved results (an ensemble when several)."""
+    matrices = []
+    for path in paths:
+        try:
+            saved = np.load(path, allow_pickle=True).item()
+            sims, npts = np.asarray(saved["sims"], dtype=np.float32), int(saved["npts"])
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise DataError(f"{path}: expected a results file written by eval.py "
+                            f"--save_results (dict with 'npts' and 'sims'): {err!r}") from None
+        if sims.ndim != 2 or sims.shape[0] != npts:
+            raise DataError(f"{path}: 'sims' has shape {sims.shape}, expected ({npts}, N_cap)")
+        if matrices and sims.shape != matrices[0].shape:
+            raise DataError(f"{path}: shape {sims.shape} differs from {paths[0]}'s "
+                            f"{matrices[0].shape}; an ensemble needs the same split")
+        matrices.append(sims)
+    return np.mean(matrices, axis=0)
+
+
+def score_checkpoint(args) -> torch.Tensor:
+    device = torch.device(args.device) if args.device else default_device()
+    ckpt = load_checkpoint(args.model_path)
+    cfg = Namespace(**ckpt["config"])
+    vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
+    model, _ = build_model(cfg, len(vocab) if vocab else None)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    data_path = args.data_path or cfg.data_path
+    dataset = args.dataset or cfg.data_name
+    split = args.split or DEFAULT_SPLIT.get(dataset, "test")
+    images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
+                                       build_tokenizer(cfg, vocab), args.batch_size, args.workers)
+    precision = resolve(args.precision, device)
+    start = time.perf_counter()
+    _, sims = evaluate_split(model, images, captions, device, precision,
+                             progress=not args.no_progress)
+    logging.info("%s/%s: %d images x %d captions scored in %.1f s (%s, %s)", data_path, split,
+                 *sims.shape, time.perf_counter() - start, device, precision)
+    return sims.cpu()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = eval_parser().parse_args(argv)
+    if bool(args.model_path) == bool(args.results):
+        raise SystemExit("error: give exactly one of --model_path or --results")
+    sims = torch.from_numpy(load_results(args.results)) if args.results else score_checkpoint(args)
+    metrics = fold_metrics(sims) if args.fold5 else recall_metrics(sims)
+    print(("5-fold mean (1K)\n" if args.fold5 else "") + format_metrics(metrics))
+    if args.save_results:
+        np.save(args.save_results, {"npts": sims.shape[0], "sims": sims.numpy()})
+    if args.metrics_out:
+        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        main()
+    except (DataError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

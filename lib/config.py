@@ -1,0 +1,146 @@
+"""Command-line flags of ``train.py`` (names as in VSE∞/CHAN, SPEC §4), grouped by concern."""
+
+from __future__ import annotations
+
+import argparse
+
+from .models.image import IMAGE_ENCODERS
+from .precision import PRECISIONS
+from .similarity import CODINGS, POOLINGS
+
+# Named configurations (docs/MODEL.md). They set defaults; explicit flags still override them.
+NAMED_CONFIGS = {
+    # CHAN as published with BERT: basic region encoder, VHA coding + mean pooling
+    "chan": {"precomp_enc_type": "basic", "fusion": "none", "text_gnn": False,
+             "text_enc_type": "bert", "bert_path": "bert-base-uncased",
+             "coding_type": "VHACoding", "pooling_type": "MeanPooling"},
+    # CHAN-ASDG: APPM fusion + SASE + DistilBERT + token GNN, VHA coding + mean pooling
+    "asdg": {"precomp_enc_type": "sase", "fusion": "appm", "text_gnn": True,
+             "text_enc_type": "bert", "bert_path": "distilbert-base-uncased",
+             "coding_type": "VHACoding", "pooling_type": "MeanPooling"},
+    # VSE∞-style global embedding baseline: GPO-pooled region and token embeddings
+    "vse": {"precomp_enc_type": "basic", "fusion": "none", "text_gnn": False,
+            "text_enc_type": "bert", "bert_path": "bert-base-uncased",
+            "coding_type": "global", "global_pool": "gpo"},
+}
+
+
+def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse training flags; ``--config NAME`` first installs that configuration's defaults."""
+    parser = train_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**NAMED_CONFIGS[known.config])
+    return parser.parse_args(argv)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a CHAN-ASDG image-text matching model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", choices=sorted(NAMED_CONFIGS),
+                   help="named configuration whose settings become the defaults")
+    g = p.add_argument_group("data")
+    g.add_argument("--data_path", default="data/toy",
+                   help="dataset folder holding precomp/ (e.g. data/f30k)")
+    g.add_argument("--data_name", default="toy", help="f30k | coco | toy (the toy set is "
+                   "generated on first use); selects the vocabulary file name")
+    g.add_argument("--vocab_path", default="data/vocab",
+                   help="BiGRU vocabulary: a SCAN JSON file or the folder holding "
+                   "{data_name}_precomp_vocab.json")
+    g.add_argument("--img_dim", type=int, default=2048, help="region feature width")
+    g.add_argument("--batch_size", type=int, default=128, help="training mini-batch size")
+    g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    g.add_argument("--drop", action="store_true",
+                   help="region size augmentation: drop each region with --obj_drop_rate")
+    g.add_argument("--obj_drop_rate", type=float, default=0.2,
+                   help="probability of dropping a region when --drop is set")
+    g.add_argument("--max_caption_tokens", type=int, default=128,
+                   help="WordPiece tokens kept per caption, [CLS]/[SEP] included")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--embed_size", type=int, default=1024, help="joint embedding width")
+    g.add_argument("--precomp_enc_type", default="basic", choices=IMAGE_ENCODERS,
+                   help="image encoder over region features")
+    g.add_argument("--no_imgnorm", action="store_true", help="do not L2-normalise regions")
+    g.add_argument("--text_enc_type", default="bert", choices=("bert", "bigru"),
+                   help="text encoder")
+    g.add_argument("--bert_path", default="distilbert-base-uncased",
+                   help="BERT-family model: a local folder, or a hub name (downloads)")
+    g.add_argument("--word_dim", type=int, default=300, help="BiGRU word embedding width")
+    g.add_argument("--num_layers", type=int, default=1, help="BiGRU layers")
+    g.add_argument("--no_txtnorm", action="store_true", help="do not L2-normalise tokens")
+    g.add_argument("--coding_type", default="VHACoding", choices=CODINGS,
+                   help="CHAN coding of the region x token cosine matrix")
+    g.add_argument("--pooling_type", default="MeanPooling", choices=POOLINGS,
+                   help="pooling of the coded values into one score")
+    g.add_argument("--alpha", type=float, default=0.1, help="VSA attention temperature")
+    g.add_argument("--global_pool", default="gpo", choices=("gpo", "mean"),
+                   help="with --coding_type global: GPO (VSE∞) or mean pooling of each side")
+    g.add_argument("--belta", type=float, default=0.1, help="LSE/Softmax pooling temperature")
+
+    g = p.add_argument_group("ASDG modules")
+    g.add_argument("--fusion", default="none", choices=("none", "appm"),
+                   help="multi-scale fusion of the region embeddings (APPM: ASPP + PPM)")
+    g.add_argument("--fusion_dim", type=int, default=128, help="APPM bottleneck width")
+    g.add_argument("--aspp_rates", type=_int_list, default=(6, 18),
+                   help="ASPP dilation rates, comma separated")
+    g.add_argument("--ppm_bins", type=_int_list, default=(1, 2, 4),
+                   help="PPM pyramid bin counts, comma separated")
+    g.add_argument("--text_gnn", action="store_true",
+                   help="token graph network (two GAT layers) on the text side")
+    g.add_argument("--gnn_threshold", type=float, default=0.5,
+                   help="cosine similarity above which two tokens are joined")
+    g.add_argument("--gnn_hidden", type=int, default=512, help="GAT hidden width")
+
+    g = p.add_argument_group("loss")
+    g.add_argument("--criterion", default="ContrastiveLoss",
+                   choices=("ContrastiveLoss", "InfoNCELoss"), help="training objective")
+    g.add_argument("--margin", type=float, default=0.05, help="hinge loss margin")
+    g.add_argument("--temperature", type=float, default=0.01, help="InfoNCE temperature")
+    g.add_argument("--max_violation", action="store_true",
+                   help="hardest negative also during the warm-up epochs")
+    g.add_argument("--vse_mean_warmup_epochs", type=int, default=1,
+                   help="epochs summing over all negatives before switching to the hardest")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--num_epochs", type=int, default=25, help="training epochs")
+    g.add_argument("--learning_rate", type=float, default=5e-4, help="initial learning rate")
+    g.add_argument("--lr_update", type=int, default=15, help="epoch at which lr drops x0.1")
+    g.add_argument("--optim", default="adamw", choices=("adamw", "adam"), help="optimizer")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--bert_lr_factor", type=float, default=0.1,
+                   help="learning-rate factor of the pretrained text transformer")
+    g.add_argument("--grad_clip", type=float, default=2.0, help="gradient-norm clip (0: off)")
+    g.add_argument("--seed", type=int, default=2022, help="random seed")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    g.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    g.add_argument("--embedding_warmup_epochs", type=int, default=0,
+                   help="epochs with a frozen image backbone (raw-image backbones only; "
+                   "precomputed features have none)")
+    g.add_argument("--input_scale_factor", type=float, default=1.0,
+                   help="raw-image input scale (raw-image backbones only)")
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--model_name", default="runs/toy", help="folder for checkpoints and the log")
+    g.add_argument("--logger_name", default=None,
+                   help="TensorBoard folder (default: <model_name>/log)")
+    g.add_argument("--log_step", type=int, default=200, help="log every N steps")
+    g.add_argument("--resume", default="", help="checkpoint to resume from")
+    g.add_argument("--reset_start_epoch", action="store_true",
+                   help="with --resume: load weights only and start at epoch 0")
+    g.add_argument("--val_precision", default="auto", choices=PRECISIONS,
+                   help="precision of the per-epoch validation")
+    g.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p

@@ -1,0 +1,69 @@
+"""One training epoch and one validation pass, each returning a dict of statistics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from .evaluation import evaluate_split
+from .precision import autocast
+
+log = logging.getLogger(__name__)
+
+
+def learning_rate_factor(epoch: int, lr_update: int) -> float:
+    """Step decay: x0.1 from epoch ``lr_update`` on (SPEC §4)."""
+    return 0.1 if epoch >= lr_update else 1.0
+
+
+def set_learning_rate(optimizer, base_lr: float, epoch: int, lr_update: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * group["lr_factor"] * learning_rate_factor(epoch, lr_update)
+
+
+def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, args,
+                    writer=None, precision: str = "fp32") -> dict:
+    """Train over ``loader`` once; returns mean loss, steps, and throughput."""
+    model.train()
+    criterion.max_violation = args.max_violation or epoch >= args.vse_mean_warmup_epochs
+    loader.dataset.set_epoch(epoch)
+    step0 = epoch * len(loader)
+    total_loss, steps, start = torch.zeros((), device=device), 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=args.no_progress, leave=False)
+    for i, batch in enumerate(bar):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(precision, device):
+            scores = model(batch["images"], batch["img_lens"], batch["captions"],
+                           batch["cap_lens"])
+            loss = criterion(scores.float(), batch["img_ids"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        total_loss += loss.detach()
+        steps += 1
+        if (i + 1) % args.log_step == 0:
+            value = loss.item()
+            bar.set_postfix(loss=f"{value:.3f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", value, step0 + i + 1)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step0 + i + 1)
+    elapsed = time.perf_counter() - start
+    mean_loss = (total_loss / max(1, steps)).item()
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}")
+    return {"loss": mean_loss, "steps": steps, "seconds": elapsed,
+            "pairs_per_second": steps * args.batch_size / max(elapsed, 1e-9)}
+
+
+def evaluate(model, image_loader, caption_loader, device, precision: str = "fp32",
+             fold5: bool = False, progress: bool = True) -> dict:
+    """Recall metrics of ``model`` on one split (the same fast path as ``eval.py``)."""
+    metrics, _ = evaluate_split(model, image_loader, caption_loader, device, precision, fold5,
+                                progress)
+    return metrics

@@ -1,0 +1,46 @@
+"""Model construction: ``build_model(args) -> (model, criterion)``.
+
+Components (see docs/MODEL.md): image encoder (``image.py``, with APPM fusion from
+``fusion.py`` and SASE from ``context.py``), text encoder (``text.py``, with the token graph of
+``graph.py``), optional global pooling (``pooling.py``) and the CHAN similarity (``chan.py``).
+"""
+
+from __future__ import annotations
+
+from ..losses import build_criterion
+from .chan import ImageTextModel, Similarity
+from .fusion import APPM
+from .graph import TokenGraph
+from .image import PrecompImageEncoder
+from .pooling import GPO, MeanPool
+from .text import BertTextEncoder, GRUTextEncoder
+
+__all__ = ["build_model", "ImageTextModel", "Similarity"]
+
+
+def build_model(args, vocab_size: int | None = None):
+    """Build ``(model, criterion)`` from parsed training flags."""
+    fusion = None
+    if args.fusion == "appm":
+        fusion = APPM(args.embed_size, args.fusion_dim, tuple(args.aspp_rates),
+                      tuple(args.ppm_bins), spatial_dims=1)
+    img_enc = PrecompImageEncoder(args.img_dim, args.embed_size, args.precomp_enc_type,
+                                  no_imgnorm=args.no_imgnorm, fusion=fusion)
+    graph = TokenGraph(args.embed_size, args.gnn_hidden, args.gnn_threshold) \
+        if args.text_gnn else None
+    if args.text_enc_type == "bigru":
+        if vocab_size is None:
+            raise ValueError("the BiGRU text encoder needs the vocabulary size")
+        txt_enc = GRUTextEncoder(vocab_size, args.word_dim, args.embed_size, args.num_layers,
+                                 no_txtnorm=args.no_txtnorm, graph=graph)
+    elif args.text_enc_type == "bert":
+        txt_enc = BertTextEncoder(args.bert_path, args.embed_size, no_txtnorm=args.no_txtnorm,
+                                  graph=graph)
+    else:
+        raise ValueError(f"unknown --text_enc_type {args.text_enc_type!r} (bigru|bert)")
+    sim = Similarity(args.coding_type, args.pooling_type, args.alpha, args.belta)
+    img_pool = txt_pool = None
+    if args.coding_type == "global":
+        pool = {"gpo": GPO, "mean": MeanPool}[args.global_pool]
+        img_pool, txt_pool = pool(), pool()
+    return ImageTextModel(img_enc, txt_enc, sim, img_pool, txt_pool), build_criterion(args)

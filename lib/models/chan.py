@@ -1,0 +1,78 @@
+"""The image-text matching model: two encoders and a CHAN similarity head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..masking import l2norm
+from ..similarity import DEFAULT_CHUNK_ELEMENTS, pairwise_sims
+
+
+class Similarity(nn.Module):
+    """Holds the coding/pooling choice and its learnable parameters (so they are optimised and
+    checkpointed), and delegates to :func:`lib.similarity.pairwise_sims`."""
+
+    def __init__(self, coding: str = "VHACoding", pooling: str = "MeanPooling",
+                 alpha: float = 0.1, belta: float = 0.1):
+        super().__init__()
+        self.coding, self.pooling, self.alpha, self.belta = coding, pooling, alpha, belta
+        self.mix_logit = nn.Parameter(torch.zeros(())) if coding == "MixedCoding" else None
+
+    def forward(self, img_emb, img_lens, cap_emb, cap_lens,
+                max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+        return pairwise_sims(img_emb, img_lens, cap_emb, cap_lens, self.coding, self.pooling,
+                             alpha=self.alpha, belta=self.belta,
+                             mix_logit=0.0 if self.mix_logit is None else self.mix_logit,
+                             max_elements=max_elements)
+
+    def extra_repr(self) -> str:
+        return f"coding={self.coding}, pooling={self.pooling}, alpha={self.alpha}, " \
+               f"belta={self.belta}"
+
+
+class ImageTextModel(nn.Module):
+    """``img_enc``: regions -> (B, R, D); ``txt_enc``: tokens -> (B, L, D); ``sim``: scores.
+
+    With global pooling modules (the VSE∞-style baseline) each side is pooled to a single
+    unit vector ``(B, 1, D)`` of length 1, so every coding reduces to their cosine.
+    """
+
+    def __init__(self, img_enc: nn.Module, txt_enc: nn.Module, sim: Similarity,
+                 img_pool: nn.Module | None = None, txt_pool: nn.Module | None = None):
+        super().__init__()
+        self.img_enc, self.txt_enc, self.sim = img_enc, txt_enc, sim
+        self.img_pool, self.txt_pool = img_pool, txt_pool
+
+    def encode_images(self, images: torch.Tensor, lengths: torch.Tensor):
+        """``(B, R, img_dim)`` -> embeddings ``(B, R', D)`` and their lengths ``(B,)``."""
+        return _pooled(self.img_enc(images, lengths), lengths, self.img_pool)
+
+    def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor):
+        """``(B, L)`` ids -> embeddings ``(B, L', D)`` and their lengths ``(B,)``."""
+        return _pooled(self.txt_enc(tokens, lengths), lengths, self.txt_pool)
+
+    def forward(self, images, img_lens, captions, cap_lens) -> torch.Tensor:
+        """Batch score matrix ``(B, B)``: rows images, columns captions."""
+        img_emb, img_lens = self.encode_images(images, img_lens)
+        cap_emb, cap_lens = self.encode_captions(captions, cap_lens)
+        return self.sim(img_emb, img_lens, cap_emb, cap_lens)
+
+    def param_groups(self, lr: float, bert_lr_factor: float, weight_decay: float) -> list[dict]:
+        """Pretrained text-transformer weights train at ``lr * bert_lr_factor``."""
+        bert, rest = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (bert if name.startswith("txt_enc.bert.") else rest).append(param)
+        groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "lr_factor": 1.0}]
+        if bert:
+            groups.append({"params": bert, "lr": lr * bert_lr_factor,
+                           "weight_decay": weight_decay, "lr_factor": bert_lr_factor})
+        return groups
+
+
+def _pooled(emb, lengths, pool):
+    if pool is None:
+        return emb, lengths
+    vec = l2norm(pool(emb, lengths)).unsqueeze(1)  # (B, 1, D)
+    return vec, torch.ones_like(lengths)

@@ -1,0 +1,46 @@
+"""Region context modules: self-attention and SASE (self-attention + squeeze-excitation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention over regions with a key-padding mask, residual."""
+
+    def __init__(self, dim: int, heads: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        out, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        return x + out
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gating from the masked mean over valid regions (padding never enters the squeeze)."""
+
+    def __init__(self, dim: int, reduction: int = 16):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(dim, dim // reduction), nn.ReLU(inplace=True),
+                                  nn.Linear(dim // reduction, dim), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, R, 1)
+        squeezed = (x * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, D)
+        return x * self.gate(squeezed).unsqueeze(1)  # (B, R, D)
+
+
+class SASE(nn.Module):
+    """SASE: masked multi-head self-attention over regions, then squeeze-and-excitation."""
+
+    def __init__(self, dim: int, heads: int = 8):
+        super().__init__()
+        self.attention = SelfAttentionBlock(dim, heads)
+        self.excitation = SqueezeExcitation(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.excitation(self.attention(x, mask), mask)

@@ -1,0 +1,60 @@
+"""Text encoders: token ids ``(B, L)`` + lengths -> unit-norm token embeddings ``(B, L, D)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..masking import l2norm, length_mask
+
+
+class GRUTextEncoder(nn.Module):
+    """Word embedding + bidirectional GRU; a token is the mean of its two directions."""
+
+    def __init__(self, vocab_size: int, word_dim: int, embed_size: int, num_layers: int = 1,
+                 no_txtnorm: bool = False, graph: nn.Module | None = None):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, word_dim)
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        self.rnn = nn.GRU(word_dim, embed_size, num_layers, batch_first=True, bidirectional=True)
+        self.graph = graph
+        self.normalize = not no_txtnorm
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        words = self.embed(tokens)  # (B, L, word_dim)
+        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        half = out.shape[-1] // 2
+        x = (out[..., :half] + out[..., half:]) / 2  # (B, L, D)
+        return _finish(x, lengths, self.graph, self.normalize)
+
+
+class BertTextEncoder(nn.Module):
+    """A BERT-family model (BERT, DistilBERT, MiniLM, ...) + linear projection to D."""
+
+    def __init__(self, bert_path: str, embed_size: int, no_txtnorm: bool = False,
+                 graph: nn.Module | None = None):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.bert = AutoModel.from_pretrained(bert_path)
+        self.linear = nn.Linear(self.bert.config.hidden_size, embed_size)
+        self.graph = graph
+        self.normalize = not no_txtnorm
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = length_mask(lengths, tokens.shape[1])
+        hidden = self.bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        return _finish(self.linear(hidden), lengths, self.graph, self.normalize)
+
+
+def _finish(x, lengths, graph, normalize):
+    """Optional token graph, L2 norm, and zeros at padded positions."""
+    mask = length_mask(lengths, x.shape[1])  # (B, L)
+    if graph is not None:
+        x = graph(x, mask)
+    if normalize:
+        x = l2norm(x)
+    return x * mask.unsqueeze(-1)

@@ -1,0 +1,130 @@
+"""Train CHAN-ASDG: ``python train.py --help``. Wiring only; the work lives in ``lib/``."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lib.config import parse_train_args
+from lib.data import DataError, build_tokenizer, eval_loaders, load_vocab, train_loader
+from lib.data.toy import ensure_toy
+from lib.engine import evaluate, set_learning_rate, train_one_epoch
+from lib.evaluation import format_metrics
+from lib.models import build_model
+from lib.precision import default_device, resolve
+
+log = logging.getLogger("train")
+
+
+def setup_logging(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(folder / "train.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model, args):
+    groups = model.param_groups(args.learning_rate, args.bert_lr_factor, args.weight_decay)
+    if args.optim == "adamw":
+        return torch.optim.AdamW(groups, lr=args.learning_rate)
+    return torch.optim.Adam(groups, lr=args.learning_rate)
+
+
+def prepare_data(args):
+    """Build the toy set on first use; return the vocabulary (BiGRU) and the tokenizer."""
+    if args.data_name == "toy":
+        ensure_toy(Path(args.data_path).parent)
+    vocab = load_vocab(args.vocab_path, args.data_name) if args.text_enc_type == "bigru" else None
+    return vocab, build_tokenizer(args, vocab)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_train_args(argv)
+    args.logger_name = args.logger_name or str(Path(args.model_name) / "log")
+    setup_logging(Path(args.model_name))
+    try:
+        return run(args)
+    finally:
+        for handler in logging.getLogger().handlers[:]:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def run(args) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    seed_everything(args.seed)
+    device = torch.device(args.device) if args.device else default_device()
+    precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
+    vocab, tokenizer = prepare_data(args)
+    model, criterion = build_model(args, len(vocab) if vocab else None)
+    model.to(device)
+    optimizer = build_optimizer(model, args)
+    start_epoch, best_rsum = 0, -1.0
+    if args.resume:
+        start_epoch, best_rsum = resume(args, model, optimizer)
+    train_data = train_loader(args, tokenizer)
+    val_images, val_captions, _ = eval_loaders(args.data_path, "dev", args.img_dim, tokenizer,
+                                               args.batch_size, args.workers)
+    log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
+             sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
+             precision)
+    writer = SummaryWriter(args.logger_name)
+    best = {}
+    for epoch in range(start_epoch, args.num_epochs):
+        set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
+        stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
+                                writer, precision)
+        metrics = evaluate(model, val_images, val_captions, device, val_precision,
+                           progress=not args.no_progress)
+        log.info("epoch %d: loss %.4f, %.0f pairs/s, dev rsum %.2f (r1 %.1f, r1i %.1f)",
+                 epoch, stats["loss"], stats["pairs_per_second"], metrics["rsum"],
+                 metrics["r1"], metrics["r1i"])
+        for key, value in metrics.items():
+            writer.add_scalar(f"val/{key}", value, epoch)
+        is_best = metrics["rsum"] > best_rsum
+        if is_best:
+            best_rsum, best = metrics["rsum"], {"epoch": epoch, **metrics}
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "best_rsum": best_rsum, "config": vars(args),
+                         "vocab": vocab.idx2word if vocab else None, "rng": rng_state()},
+                        args.model_name, is_best)
+    writer.close()
+    if best:
+        log.info("best dev epoch %d:\n%s", best["epoch"], format_metrics(best))
+    return best
+
+
+def resume(args, model, optimizer) -> tuple[int, float]:
+    ckpt = load_checkpoint(args.resume)
+    model.load_state_dict(ckpt["model"])
+    if args.reset_start_epoch:
+        log.info("loaded weights from %s; starting at epoch 0", args.resume)
+        return 0, -1.0
+    optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    log.info("resumed %s at epoch %d (best dev rsum %.2f)", args.resume, ckpt["epoch"],
+             ckpt["best_rsum"])
+    return ckpt["epoch"], ckpt["best_rsum"]
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
