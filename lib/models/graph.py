@@ -3,6 +3,12 @@
 Edges join two real tokens whose embeddings have cosine similarity above a threshold, plus a
 self-loop on every real token; padded tokens have no edges at all. Two graph-attention layers
 (D -> hidden -> D) refine the tokens, with a residual connection and LayerNorm.
+
+The graph branch enters the residual through a learnable per-channel scale initialised at 0.1
+(LayerScale). Without it, contextual token embeddings -- which are mutually similar, so the
+graph starts out nearly complete -- are averaged into one vector by the attention, every token
+matches the same regions, and hard-negative training collapses (seen on the toy data: dev rsum
+fell from 53 to 40 in the first hardest-negative epoch, while the gated version keeps learning).
 """
 
 from __future__ import annotations
@@ -52,9 +58,10 @@ class TokenGraph(nn.Module):
         self.threshold = threshold
         self.gat1 = GraphAttention(dim, hidden)
         self.gat2 = GraphAttention(hidden, dim)
+        self.scale = nn.Parameter(torch.full((dim,), 0.1))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         adj = token_adjacency(x, mask, self.threshold)
         h = self.gat2(F.elu(self.gat1(x, adj)), adj)
-        return self.norm(x + h) * mask.unsqueeze(-1)
+        return self.norm(x + self.scale * h) * mask.unsqueeze(-1)

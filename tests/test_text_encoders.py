@@ -1,0 +1,42 @@
+import torch
+
+from lib.data.precomp import pad_sequences
+from lib.data.text import WordPieceTokenizer
+from lib.models.text import BertTextEncoder, GRUTextEncoder
+
+
+def _check_unit_norm_and_zero_padding(emb, lengths):
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(emb[i, :n].norm(dim=-1), torch.ones(n))
+        assert emb[i, n:].abs().sum() == 0
+
+
+def test_bert_family_encoder_on_real_minilm(minilm_path):
+    tok = WordPieceTokenizer(minilm_path)
+    enc = BertTextEncoder(minilm_path, embed_size=32).eval()
+    assert enc.linear.in_features == 384  # hidden width read from the model's config
+    short = torch.tensor(tok.encode("a dog on the grass"))
+    long = torch.tensor(tok.encode("two children are playing football in a sunny park"))
+    tokens, lengths = pad_sequences([short, long], tok.pad_id)
+    with torch.no_grad():
+        batched = enc(tokens, lengths)
+        alone = enc(short[None], lengths[:1])
+    _check_unit_norm_and_zero_padding(batched, lengths)
+    # the padded copy of the short caption embeds exactly like the caption on its own
+    torch.testing.assert_close(batched[0, : len(short)], alone[0], atol=1e-5, rtol=0)
+    # a pretrained model gives different vectors to different words
+    assert (batched[0, 1] - batched[0, 2]).abs().max() > 1e-3
+
+
+def test_gru_encoder_ignores_padding():
+    torch.manual_seed(0)
+    enc = GRUTextEncoder(vocab_size=20, word_dim=8, embed_size=16).eval()
+    tokens = torch.tensor([[1, 5, 6, 2, 0, 0], [1, 7, 8, 9, 10, 2]])
+    lengths = torch.tensor([4, 6])
+    with torch.no_grad():
+        batched = enc(tokens, lengths)
+        alone = enc(tokens[:1, :4], lengths[:1])
+        garbage = enc(torch.tensor([[1, 5, 6, 2, 13, 14], [1, 7, 8, 9, 10, 2]]), lengths)
+    _check_unit_norm_and_zero_padding(batched, lengths)
+    torch.testing.assert_close(batched[0, :4], alone[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(garbage, batched, atol=1e-6, rtol=0)
