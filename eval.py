@@ -76,7 +76,7 @@ def score_checkpoint(args) -> torch.Tensor:
     ckpt = load_checkpoint(args.model_path)
     cfg = Namespace(**ckpt["config"])
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
-    model, _ = build_model(cfg, len(vocab) if vocab else None)
+    model, _ = build_model(cfg, vocab, pretrained=False)
     model.load_state_dict(ckpt["model"])
     model.to(device)
     data_path = args.data_path or cfg.data_path

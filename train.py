@@ -68,11 +68,15 @@ def main(argv: list[str] | None = None) -> dict:
 def run(args) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
+    for flag, default in (("embedding_warmup_epochs", 0), ("input_scale_factor", 1.0)):
+        if getattr(args, flag) != default:
+            log.warning("--%s only applies to raw-image backbones; precomputed region features "
+                        "are used as they are", flag)
     seed_everything(args.seed)
     device = torch.device(args.device) if args.device else default_device()
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
     vocab, tokenizer = prepare_data(args)
-    model, criterion = build_model(args, len(vocab) if vocab else None)
+    model, criterion = build_model(args, vocab)
     model.to(device)
     optimizer = build_optimizer(model, args)
     start_epoch, best_rsum = 0, -1.0

@@ -79,6 +79,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="BERT-family model: a local folder, or a hub name (downloads)")
     g.add_argument("--word_dim", type=int, default=300, help="BiGRU word embedding width")
     g.add_argument("--num_layers", type=int, default=1, help="BiGRU layers")
+    g.add_argument("--wemb_type", default="none", choices=("none", "glove"),
+                   help="BiGRU word-embedding initialisation")
+    g.add_argument("--wemb_path", default="",
+                   help="with --wemb_type glove: GloVe text file (its width must be --word_dim)")
     g.add_argument("--no_txtnorm", action="store_true", help="do not L2-normalise tokens")
     g.add_argument("--coding_type", default="VHACoding", choices=CODINGS,
                    help="CHAN coding of the region x token cosine matrix")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.config import parse_train_args
+from lib.data import Vocabulary
 from lib.models import build_model
 from lib.models.context import SASE
 from lib.models.fusion import APPM, bin_matrices
@@ -14,6 +15,7 @@ from lib.models.image import PrecompImageEncoder
 from lib.models.pooling import GPO
 
 torch.manual_seed(0)
+VOCAB = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *(f"w{i}" for i in range(15))])
 
 
 def _regions(batch=3, n=10, dim=32, lengths=(10, 6, 3), seed=0):
@@ -164,7 +166,7 @@ def _batch(seed=0):
 @pytest.mark.parametrize("name", sorted(CONFIG_FLAGS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model, criterion = build_model(_args(name), vocab_size=20)
+    model, criterion = build_model(_args(name), vocab=VOCAB)
     model.train()
     criterion.max_violation = False  # every pair contributes
     images, img_lens, caps, cap_lens = _batch()
@@ -180,13 +182,13 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", ["asdg", "mixed", "vse"])
 def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
     torch.manual_seed(0)
-    model, _ = build_model(_args(name), vocab_size=20)
+    model, _ = build_model(_args(name), vocab=VOCAB)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))  # move away from any initial value
     save_checkpoint({"model": model.state_dict(), "config": {}}, tmp_path, is_best=True)
     torch.manual_seed(1)
-    fresh, _ = build_model(_args(name), vocab_size=20)
+    fresh, _ = build_model(_args(name), vocab=VOCAB)
     fresh.load_state_dict(load_checkpoint(tmp_path / "model_best.pth")["model"])
     model.eval()
     fresh.eval()
@@ -200,7 +202,7 @@ def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
 def test_optimizer_holds_every_learnable_parameter():
     import train
 
-    model, _ = build_model(_args("mixed"), vocab_size=20)
+    model, _ = build_model(_args("mixed"), vocab=VOCAB)
     optimizer = train.build_optimizer(model, _args("mixed"))
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer

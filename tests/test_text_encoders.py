@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from lib.data import DataError, Vocabulary
 from lib.data.precomp import pad_sequences
 from lib.data.text import WordPieceTokenizer
 from lib.models.text import BertTextEncoder, GRUTextEncoder
@@ -40,3 +42,18 @@ def test_gru_encoder_ignores_padding():
     _check_unit_norm_and_zero_padding(batched, lengths)
     torch.testing.assert_close(batched[0, :4], alone[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(garbage, batched, atol=1e-6, rtol=0)
+
+
+def test_glove_initialisation(tmp_path):
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "dog", "cat"])
+    glove = tmp_path / "glove.txt"
+    glove.write_text("dog 1 2 3 4\nzebra 9 9 9 9\ncat 0.5 0 0 -1\n")
+    enc = GRUTextEncoder(len(vocab), word_dim=4, embed_size=8)
+    assert enc.load_word_vectors(glove, vocab) == 2
+    torch.testing.assert_close(enc.embed.weight[vocab("dog")], torch.tensor([1.0, 2, 3, 4]))
+    torch.testing.assert_close(enc.embed.weight[vocab("cat")], torch.tensor([0.5, 0, 0, -1]))
+    wrong_width = GRUTextEncoder(len(vocab), word_dim=300, embed_size=8)
+    with pytest.raises(DataError, match=r"glove.txt:1: expected 300 values .* found 4"):
+        wrong_width.load_word_vectors(glove, vocab)
+    with pytest.raises(DataError, match="needs --wemb_path"):
+        enc.load_word_vectors(tmp_path / "missing.txt", vocab)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader
 
 from .precomp import (
@@ -44,7 +45,7 @@ def train_loader(args, tokenizer) -> DataLoader:
                           region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                       num_workers=args.workers, collate_fn=PairCollate(tokenizer.pad_id),
-                      pin_memory=True)
+                      pin_memory=torch.cuda.is_available())
 
 
 def eval_loaders(data_path: str, split_name: str, img_dim: int, tokenizer, batch_size: int,

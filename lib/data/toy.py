@@ -26,10 +26,10 @@ OBJECTS = ("dog", "cat", "ball", "car", "tree", "bike", "boat", "horse", "bird",
            "umbrella", "guitar", "train", "cake")
 COLOURS = ("red", "blue", "green", "yellow", "black", "white", "brown", "pink")
 RELATIONS = ("next to", "near", "and", "with", "behind", "beside")
-SPLIT_SIZES = {"train": 2000, "dev": 500, "test": 1000}
+SPLIT_SIZES = {"train": 1500, "dev": 500, "test": 1000}
 NUM_REGIONS, FEATURE_DIM = 12, 256
-NOISE, COLOUR_WEIGHT, NO_COLOUR = 1.0, 0.6, 0.2
-VERSION = "1"  # bump when the generator changes so stale copies are rebuilt
+NOISE, COLOUR_WEIGHT, NO_COLOUR = 2.5, 0.5, 0.3
+VERSION = "2"  # bump when the generator changes so stale copies are rebuilt
 
 
 def _image(rng, obj_protos, col_protos, background):

@@ -7,6 +7,7 @@ Components (see docs/MODEL.md): image encoder (``image.py``, with APPM fusion fr
 
 from __future__ import annotations
 
+from ..data.vocab import Vocabulary
 from ..losses import build_criterion
 from .chan import ImageTextModel, Similarity
 from .fusion import APPM
@@ -18,8 +19,13 @@ from .text import BertTextEncoder, GRUTextEncoder
 __all__ = ["build_model", "ImageTextModel", "Similarity"]
 
 
-def build_model(args, vocab_size: int | None = None):
-    """Build ``(model, criterion)`` from parsed training flags."""
+def build_model(args, vocab: Vocabulary | None = None, pretrained: bool = True):
+    """Build ``(model, criterion)`` from parsed training flags.
+
+    ``vocab`` is required for the BiGRU. With ``pretrained=False`` (rebuilding a checkpoint) no
+    pretrained weights are read: the BERT-family model is built from its config and GloVe vectors
+    are skipped, since the checkpoint's state dict replaces them anyway.
+    """
     fusion = None
     if args.fusion == "appm":
         fusion = APPM(args.embed_size, args.fusion_dim, tuple(args.aspp_rates),
@@ -29,13 +35,15 @@ def build_model(args, vocab_size: int | None = None):
     graph = TokenGraph(args.embed_size, args.gnn_hidden, args.gnn_threshold) \
         if args.text_gnn else None
     if args.text_enc_type == "bigru":
-        if vocab_size is None:
-            raise ValueError("the BiGRU text encoder needs the vocabulary size")
-        txt_enc = GRUTextEncoder(vocab_size, args.word_dim, args.embed_size, args.num_layers,
+        if vocab is None:
+            raise ValueError("the BiGRU text encoder needs a vocabulary")
+        txt_enc = GRUTextEncoder(len(vocab), args.word_dim, args.embed_size, args.num_layers,
                                  no_txtnorm=args.no_txtnorm, graph=graph)
+        if pretrained and args.wemb_type == "glove":
+            txt_enc.load_word_vectors(args.wemb_path, vocab)
     elif args.text_enc_type == "bert":
         txt_enc = BertTextEncoder(args.bert_path, args.embed_size, no_txtnorm=args.no_txtnorm,
-                                  graph=graph)
+                                  graph=graph, pretrained=pretrained)
     else:
         raise ValueError(f"unknown --text_enc_type {args.text_enc_type!r} (bigru|bert)")
     sim = Similarity(args.coding_type, args.pooling_type, args.alpha, args.belta)

@@ -7,17 +7,22 @@ from torch import nn
 
 
 class SelfAttentionBlock(nn.Module):
-    """Pre-norm multi-head self-attention over regions with a key-padding mask, residual."""
+    """Pre-norm multi-head self-attention over regions with a key-padding mask, residual.
+
+    The attention branch is scaled per channel (LayerScale, initialised at 0.1) so that the
+    block starts close to the identity and region identity survives early hard-negative training.
+    """
 
     def __init__(self, dim: int, heads: int = 8, dropout: float = 0.1):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.scale = nn.Parameter(torch.full((dim,), 0.1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         out, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
-        return x + out
+        return x + self.scale * out
 
 
 class SqueezeExcitation(nn.Module):

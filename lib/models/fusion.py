@@ -7,7 +7,7 @@ Data flow for ``x: (B, N, D)`` with a validity mask ``(B, N)``::
            -> 1x1 projection                                       (B, N, C)
     PPM    [input | pool to b bins -> 1x1 to 32 -> upsample]       (B, N, C + 32 * #bins)
            -> 1x1 projection                                       (B, N, C)
-    up     Linear C -> D, residual add                             (B, N, D)
+    up     Linear C -> D, scaled (LayerScale, init 0.1), residual  (B, N, D)
 
 BUTD regions form a sequence in detector order, so the convolutions and pyramid pooling are 1-D
 over it (``spatial_dims=1``); a backbone grid has a real layout and uses the same module with
@@ -136,6 +136,7 @@ class APPM(nn.Module):
         self.aspp = ASPP(fusion_dim, tuple(rates), spatial_dims)
         self.ppm = PPM(fusion_dim, tuple(bins), spatial_dims)
         self.up = nn.Linear(fusion_dim, embed_size)
+        self.scale = nn.Parameter(torch.full((embed_size,), 0.1))  # LayerScale on the branch
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -152,4 +153,4 @@ class APPM(nn.Module):
             h, m = h.reshape(batch, -1, *shape), mask.view(batch, *shape)
         h = self.ppm(self.aspp(h, m), m)  # (B, C, *S)
         h = h.flatten(2).transpose(1, 2)  # (B, N, C)
-        return (x + self.up(h)) * mask.unsqueeze(-1)
+        return (x + self.scale * self.up(h)) * mask.unsqueeze(-1)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..data.errors import DataError
 from ..masking import l2norm, length_mask
 
 
@@ -21,6 +24,26 @@ class GRUTextEncoder(nn.Module):
         self.graph = graph
         self.normalize = not no_txtnorm
 
+    def load_word_vectors(self, path: str | Path, vocab) -> int:
+        """Initialise rows of vocabulary words from a GloVe text file; returns how many."""
+        path = Path(path or "")
+        if not path.is_file():
+            raise DataError(f"--wemb_type glove needs --wemb_path: a GloVe text file "
+                            f"('word v1 ... vN' per line); not found: {path}")
+        width = self.embed.embedding_dim
+        found = 0
+        with torch.no_grad(), path.open(encoding="utf-8", errors="replace") as f:
+            for line_no, line in enumerate(f, 1):
+                word, *values = line.rstrip().split(" ")
+                if len(values) != width:
+                    raise DataError(f"{path}:{line_no}: expected {width} values "
+                                    f"(--word_dim {width}), found {len(values)}")
+                index = vocab.word2idx.get(word)
+                if index is not None:
+                    self.embed.weight[index] = torch.tensor([float(v) for v in values])
+                    found += 1
+        return found
+
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         words = self.embed(tokens)  # (B, L, word_dim)
         packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -35,11 +58,14 @@ class BertTextEncoder(nn.Module):
     """A BERT-family model (BERT, DistilBERT, MiniLM, ...) + linear projection to D."""
 
     def __init__(self, bert_path: str, embed_size: int, no_txtnorm: bool = False,
-                 graph: nn.Module | None = None):
+                 graph: nn.Module | None = None, pretrained: bool = True):
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
-        self.bert = AutoModel.from_pretrained(bert_path)
+        if pretrained:
+            self.bert = AutoModel.from_pretrained(bert_path)
+        else:  # weights come from a checkpoint
+            self.bert = AutoModel.from_config(AutoConfig.from_pretrained(bert_path))
         self.linear = nn.Linear(self.bert.config.hidden_size, embed_size)
         self.graph = graph
         self.normalize = not no_txtnorm
