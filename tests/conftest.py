@@ -9,7 +9,8 @@ import pytest
 
 from lib.data.toy import build_toy
 
-TINY_TOY = {"train": 120, "dev": 20, "test": 20}
+TINY_TOY = {"train": 200, "dev": 20, "test": 20}
+TINY_TOY_NOISE = 0.5  # cleaner than the embedded toy set, so a few tiny epochs learn
 
 
 def write_precomp(root: Path, split: str, features: np.ndarray, captions: list[str]) -> Path:
@@ -25,7 +26,7 @@ def write_precomp(root: Path, split: str, features: np.ndarray, captions: list[s
 def tiny_toy(tmp_path_factory) -> Path:
     """A small toy dataset (same generator as the real one); returns the data root."""
     root = tmp_path_factory.mktemp("toy")
-    build_toy(root, sizes=TINY_TOY)
+    build_toy(root, sizes=TINY_TOY, noise=TINY_TOY_NOISE)
     return root
 
 

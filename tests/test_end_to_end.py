@@ -1,6 +1,7 @@
 """Train -> checkpoint -> evaluate through the command line, on a tiny toy dataset."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,12 +16,14 @@ import train as train_cli
 from lib.checkpoint import BEST, LATEST, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+# 20 test images x 100 captions: t2i R@K = K/20; i2t R@K = 1 - C(95, K) / C(100, K)
+CHANCE_RSUM = 100 * sum(k / 20 + 1 - math.comb(95, k) / math.comb(100, k) for k in (1, 5, 10))
 
 
 def _train_args(root, run, *extra):
     return ["--data_path", str(root / "toy"), "--data_name", "toy", "--vocab_path",
             str(root / "vocab"), "--text_enc_type", "bigru", "--img_dim", "256", "--embed_size",
-            "32", "--word_dim", "16", "--batch_size", "32", "--workers", "0", "--drop",
+            "256", "--word_dim", "128", "--batch_size", "32", "--workers", "0", "--drop",
             "--model_name", str(run), "--no_progress", "--log_step", "5", *extra]
 
 
@@ -37,7 +40,7 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
     assert (run / LATEST).is_file() and (run / BEST).is_file() and (run / "train.log").is_file()
     assert any((run / "log").iterdir())  # TensorBoard event file
     ckpt = load_checkpoint(run / LATEST)
-    assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 32 and ckpt["vocab"]
+    assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 256 and ckpt["vocab"]
 
     metrics_file, results = tmp_path / "m.json", tmp_path / "sims.npy"
     done = _cli("eval.py", "--model_path", str(run / BEST), "--split", "test", "--metrics_out",
@@ -49,8 +52,7 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
                             "meanri", "rsum"}
     saved = np.load(results, allow_pickle=True).item()
     assert saved["npts"] == 20 and saved["sims"].shape == (20, 100)
-    chance = 100 * (1 / 20 + 5 / 20 + 10 / 20) * 2
-    assert metrics["rsum"] > chance + 100  # learned something on 3 tiny epochs
+    assert metrics["rsum"] > CHANCE_RSUM + 100  # learned something in 3 tiny epochs
 
     # saved results and an ensemble of identical results reproduce the metrics exactly
     again = eval_cli.main(["--results", str(results), str(results)])
@@ -80,6 +82,14 @@ def test_bert_path_trains_end_to_end(tiny_toy, tmp_path, minilm_path):
     metrics = eval_cli.main(["--model_path", str(run / BEST), "--split", "test",
                              "--no_progress"])
     assert metrics["rsum"] == pytest.approx(best["rsum"], abs=50)  # test vs dev: same regime
+
+
+@pytest.mark.parametrize("config", ["chan", "asdg", "vse"])
+def test_named_configurations_beat_chance(tiny_toy, tmp_path, config):
+    best = train_cli.main(_train_args(tiny_toy, tmp_path / config, "--config", config,
+                                      "--text_enc_type", "bigru", "--num_epochs", "3",
+                                      "--fusion_dim", "16", "--gnn_hidden", "32"))
+    assert best["rsum"] > CHANCE_RSUM + 100, best
 
 
 @pytest.mark.parametrize("problem", ["missing_data", "bad_img_dim", "missing_checkpoint"])

@@ -32,7 +32,7 @@ NOISE, COLOUR_WEIGHT, NO_COLOUR = 2.5, 0.5, 0.3
 VERSION = "2"  # bump when the generator changes so stale copies are rebuilt
 
 
-def _image(rng, obj_protos, col_protos, background):
+def _image(rng, obj_protos, col_protos, background, noise):
     """One image: a list of (object, colour) and its (NUM_REGIONS, FEATURE_DIM) features."""
     n_obj = int(rng.integers(3, 6))
     objects = rng.choice(len(OBJECTS), size=n_obj, replace=False)
@@ -43,7 +43,7 @@ def _image(rng, obj_protos, col_protos, background):
             feats[r] = obj_protos[objects[r]] + COLOUR_WEIGHT * col_protos[colours[r]]
         else:
             feats[r] = background + 0.5 * rng.standard_normal(FEATURE_DIM)
-        feats[r] += NOISE * rng.standard_normal(FEATURE_DIM)
+        feats[r] += noise * rng.standard_normal(FEATURE_DIM)
     rng.shuffle(feats)
     return list(zip(objects.tolist(), colours.tolist(), strict=True)), feats
 
@@ -62,11 +62,12 @@ def _caption(rng, items):
     return " ".join(words) + "."
 
 
-def _write_split(folder: Path, split: str, n_images: int, rng, obj_protos, col_protos, bg):
+def _write_split(folder: Path, split: str, n_images: int, rng, obj_protos, col_protos, bg,
+                 noise):
     feats = np.empty((n_images, NUM_REGIONS, FEATURE_DIM), dtype=np.float32)
     captions = []
     for i in range(n_images):
-        items, feats[i] = _image(rng, obj_protos, col_protos, bg)
+        items, feats[i] = _image(rng, obj_protos, col_protos, bg, noise)
         captions.extend(_caption(rng, items) for _ in range(5))
     np.save(folder / f"{split}_ims.npy", feats)
     (folder / f"{split}_caps.txt").write_text("\n".join(captions) + "\n")
@@ -74,8 +75,12 @@ def _write_split(folder: Path, split: str, n_images: int, rng, obj_protos, col_p
     return captions
 
 
-def build_toy(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+def build_toy(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = None,
+              noise: float = NOISE) -> Path:
     """Write ``root/toy/precomp`` and ``root/vocab/toy_precomp_vocab.json``; returns the toy dir.
+
+    ``sizes`` (images per split) and ``noise`` (feature noise level) default to the embedded
+    toy set; the tests use a smaller, cleaner variant.
 
     Files are written to a temporary folder and renamed into place, so an interrupted run never
     leaves a half-written dataset behind.
@@ -92,7 +97,8 @@ def build_toy(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = No
         precomp.mkdir()
         train_caps = []
         for split, n in (sizes or SPLIT_SIZES).items():
-            caps = _write_split(precomp, split, n, rng, obj_protos, col_protos, background)
+            caps = _write_split(precomp, split, n, rng, obj_protos, col_protos, background,
+                                noise)
             if split == "train":
                 train_caps = caps
         (tmp / "VERSION").write_text(VERSION)
