@@ -13,12 +13,11 @@ import logging
 import sys
 import time
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lib.checkpoint import load_checkpoint
+from lib.checkpoint import atomic_write, load_checkpoint
 from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
 from lib.evaluation import evaluate_split, fold_metrics, format_metrics, recall_metrics
 from lib.models import build_model
@@ -101,10 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = fold_metrics(sims) if args.fold5 else recall_metrics(sims)
     print(("5-fold mean (1K)\n" if args.fold5 else "") + format_metrics(metrics))
     if args.save_results:
-        np.save(args.save_results, {"npts": sims.shape[0], "sims": sims.numpy()})
+        results = {"npts": sims.shape[0], "sims": sims.numpy()}
+        atomic_write(args.save_results, lambda f: np.save(f, results))
     if args.metrics_out:
-        Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+        text = (json.dumps(metrics, indent=2) + "\n").encode()
+        atomic_write(args.metrics_out, lambda f: f.write(text))
     return metrics
 
 

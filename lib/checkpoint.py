@@ -9,6 +9,7 @@ the checkpoint and ``--resume`` continues exactly where training stopped.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,19 +18,25 @@ import torch
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
 
 
-def atomic_save(obj, path: str | Path) -> None:
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it over
+    ``path``: readers see the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict:
@@ -47,9 +54,11 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(state: dict, folder: str | Path, is_best: bool) -> None:
     """Write ``checkpoint.pth`` (always) and ``model_best.pth`` (when ``is_best``)."""
-    atomic_save(state, Path(folder) / LATEST)
-    if is_best:
-        atomic_save(state, Path(folder) / BEST)
+    latest = Path(folder) / LATEST
+    atomic_save(state, latest)
+    if is_best:  # copy the bytes just written instead of serialising again
+        with latest.open("rb") as src:
+            atomic_write(Path(folder) / BEST, lambda dst: shutil.copyfileobj(src, dst))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

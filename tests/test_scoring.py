@@ -79,3 +79,18 @@ def test_results_of_different_splits_are_refused(tmp_path):
     np.save(tmp_path / "b.npy", {"npts": 2, "sims": np.zeros((2, 10), np.float32)})
     with pytest.raises(ValueError, match="b.npy: shape"):
         eval_cli.main(["--results", str(tmp_path / "a.npy"), str(tmp_path / "b.npy")])
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    from lib.checkpoint import atomic_write
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def crash(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
