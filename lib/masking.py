@@ -16,3 +16,9 @@ def length_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tens
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """Unit-normalise along ``dim``; an all-zero vector (padding) stays zero."""
     return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x (N, K, D)`` over the positions where ``mask (N, K)`` is True: ``(N, D)``."""
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1)

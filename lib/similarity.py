@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .masking import l2norm, length_mask
+from .masking import l2norm, length_mask, masked_mean
 
 CODINGS = ("VHACoding", "THACoding", "VSACoding", "MixedCoding", "global")
 POOLINGS = ("MeanPooling", "MaxPooling", "SumPooling", "LSEPooling", "SoftmaxPooling")
@@ -76,14 +76,9 @@ def _check(coding, pooling, img_emb, cap_emb):
 
 def global_sims(img_emb, img_lens, cap_emb, cap_lens) -> torch.Tensor:
     """Cosine of mean-pooled (then L2-normalised) region and token vectors: ``(N_img, N_cap)``."""
-    img_vec = _masked_mean(img_emb, length_mask(img_lens, img_emb.shape[1]))  # (N_img, D)
-    cap_vec = _masked_mean(cap_emb, length_mask(cap_lens, cap_emb.shape[1]))  # (N_cap, D)
+    img_vec = masked_mean(img_emb, length_mask(img_lens, img_emb.shape[1]))  # (N_img, D)
+    cap_vec = masked_mean(cap_emb, length_mask(cap_lens, cap_emb.shape[1]))  # (N_cap, D)
     return l2norm(img_vec) @ l2norm(cap_vec).t()
-
-
-def _masked_mean(x, mask):
-    mask = mask.unsqueeze(-1).to(x.dtype)
-    return (x * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
 def _block_sims(img_emb, img_lens, cap_emb, cap_lens, coding, pooling, alpha, belta, mix_logit):

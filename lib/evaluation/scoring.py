@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..masking import length_mask
+from ..masking import l2norm, length_mask, masked_mean
 from ..precision import autocast, matmul_mode, storage_dtype
-from ..similarity import TOKEN_CODINGS, global_sims, pool
+from ..similarity import TOKEN_CODINGS, pool
 
 CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
 
@@ -107,11 +107,20 @@ def score_matrix(sim, images: torch.Tensor, img_lens: torch.Tensor, captions: Pa
     images, captions = images.to(dtype), PackedSequences(captions.data.to(dtype), captions.lengths)
     with matmul_mode(precision):
         if sim.coding == "global":
-            caps, lens = captions.to_padded(torch.arange(len(captions), device=device))
-            return global_sims(images.float(), img_lens, caps.float(), lens)
+            return _global_scores(images, img_lens, captions)
         if sim.coding in TOKEN_CODINGS:
             return _token_coding_scores(sim, images, img_lens, captions, budget, progress)
         return _region_coding_scores(sim, images, img_lens, captions, budget, progress)
+
+
+def _global_scores(images, img_lens, captions):
+    """Cosine of mean region and mean token vectors, means taken straight from packed tokens."""
+    segment = torch.repeat_interleave(torch.arange(len(captions), device=images.device),
+                                      captions.lengths)  # (T,) caption of each token
+    cap_sum = images.new_zeros(len(captions), images.shape[-1], dtype=torch.float32)
+    cap_sum.index_add_(0, segment, captions.data.float())
+    img_vec = masked_mean(images.float(), length_mask(img_lens, images.shape[1]))
+    return l2norm(img_vec) @ l2norm(cap_sum / captions.lengths[:, None]).t()
 
 
 def _token_coding_scores(sim, images, img_lens, captions, budget, progress):

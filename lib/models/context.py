@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..masking import masked_mean
+
 
 class SelfAttentionBlock(nn.Module):
     """Pre-norm multi-head self-attention over regions with a key-padding mask, residual.
@@ -34,8 +36,7 @@ class SqueezeExcitation(nn.Module):
                                   nn.Linear(dim // reduction, dim), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, R, 1)
-        squeezed = (x * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, D)
+        squeezed = masked_mean(x, mask)  # (B, D)
         return x * self.gate(squeezed).unsqueeze(1)  # (B, R, D)
 
 

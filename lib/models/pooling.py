@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..masking import length_mask
+from ..masking import length_mask, masked_mean
 
 
 def positional_encoding(length: int, dim: int, device=None) -> torch.Tensor:
@@ -56,5 +56,4 @@ class GPO(nn.Module):
 
 class MeanPool(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = length_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-        return (x * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return masked_mean(x, length_mask(lengths, x.shape[1]))
