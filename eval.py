@@ -79,7 +79,7 @@ def score_checkpoint(args) -> torch.Tensor:
     model.load_state_dict(ckpt["model"])
     model.to(device)
     data_path = args.data_path or cfg.data_path
-    dataset = args.dataset or cfg.data_name
+    dataset = (args.dataset or cfg.data_name).removesuffix("_precomp")
     split = args.split or DEFAULT_SPLIT.get(dataset, "test")
     images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
                                        build_tokenizer(cfg, vocab), args.batch_size, args.workers)

@@ -110,7 +110,7 @@ def main(argv=None):
     print(f"scoring        {best_score:8.3f} s")
     print(f"ranking        {best_rank:8.3f} s   (rsum of random embeddings {metrics['rsum']:.1f})")
     print(f"total          {total:8.3f} s")
-    print(f"floor (matmul) {floor:8.3f} s   ({flop / floor / 1e12:.0f} TFLOP/s)")
+    print(f"floor (matmul) {floor:8.3f} s   ({flop / floor / 1e12:.2f} TFLOP/s)")
     print(f"ratio total / floor: {total / floor:.2f}")
     if device.type == "cuda":
         print(f"peak device memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
