@@ -79,9 +79,9 @@ def run(args) -> dict:
     model, criterion = build_model(args, vocab)
     model.to(device)
     optimizer = build_optimizer(model, args)
-    start_epoch, best_rsum = 0, -1.0
+    start_epoch, best = 0, {}
     if args.resume:
-        start_epoch, best_rsum = resume(args, model, optimizer)
+        start_epoch, best = resume(args, model, optimizer)
     train_data = train_loader(args, tokenizer)
     val_images, val_captions, _ = eval_loaders(args.data_path, "dev", args.img_dim, tokenizer,
                                                args.batch_size, args.workers)
@@ -89,7 +89,6 @@ def run(args) -> dict:
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
              precision)
     writer = SummaryWriter(args.logger_name)
-    best = {}
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
         stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
@@ -101,11 +100,11 @@ def run(args) -> dict:
                  metrics["r1"], metrics["r1i"])
         for key, value in metrics.items():
             writer.add_scalar(f"val/{key}", value, epoch)
-        is_best = metrics["rsum"] > best_rsum
+        is_best = metrics["rsum"] > best.get("rsum", -1.0)
         if is_best:
-            best_rsum, best = metrics["rsum"], {"epoch": epoch, **metrics}
+            best = {"epoch": epoch, **metrics}
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "best_rsum": best_rsum, "config": vars(args),
+                         "epoch": epoch + 1, "best": best, "config": vars(args),
                          "vocab": vocab.idx2word if vocab else None, "rng": rng_state()},
                         args.model_name, is_best)
     writer.close()
@@ -114,17 +113,22 @@ def run(args) -> dict:
     return best
 
 
-def resume(args, model, optimizer) -> tuple[int, float]:
+def resume(args, model, optimizer) -> tuple[int, dict]:
+    """Load a checkpoint; returns the epoch to start at and the best dev metrics so far."""
     ckpt = load_checkpoint(args.resume)
     model.load_state_dict(ckpt["model"])
     if args.reset_start_epoch:
         log.info("loaded weights from %s; starting at epoch 0", args.resume)
-        return 0, -1.0
+        return 0, {}
+    missing = {"optimizer", "rng", "epoch", "best"} - set(ckpt)
+    if missing:
+        raise DataError(f"{args.resume}: cannot resume training, the checkpoint lacks "
+                        f"{sorted(missing)}; use --reset_start_epoch to load its weights only")
     optimizer.load_state_dict(ckpt["optimizer"])
     set_rng_state(ckpt["rng"])
     log.info("resumed %s at epoch %d (best dev rsum %.2f)", args.resume, ckpt["epoch"],
-             ckpt["best_rsum"])
-    return ckpt["epoch"], ckpt["best_rsum"]
+             ckpt["best"].get("rsum", float("nan")))
+    return ckpt["epoch"], ckpt["best"]
 
 
 if __name__ == "__main__":

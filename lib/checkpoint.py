@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .data.errors import DataError
+
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
 
 
@@ -64,12 +66,12 @@ def save_checkpoint(state: dict, folder: str | Path, is_best: bool) -> None:
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise DataError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt/foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
-    missing = {"model", "config"} - set(ckpt)
-    if missing:
-        raise ValueError(f"{path}: not a CHAN-ASDG checkpoint (missing {sorted(missing)})")
+        raise DataError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise DataError(f"{path}: not a CHAN-ASDG checkpoint (expected a dict with 'model' "
+                        f"and 'config')")
     return ckpt

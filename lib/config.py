@@ -61,10 +61,11 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--img_dim", type=int, default=2048, help="region feature width")
     g.add_argument("--batch_size", type=int, default=128, help="training mini-batch size")
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-    g.add_argument("--drop", action="store_true",
-                   help="region size augmentation: drop each region with --obj_drop_rate")
+    g.add_argument("--drop", action=argparse.BooleanOptionalAction, default=True,
+                   help="region size augmentation (SPEC §3): drop each training region with "
+                   "probability --obj_drop_rate; --no-drop turns it off")
     g.add_argument("--obj_drop_rate", type=float, default=0.2,
-                   help="probability of dropping a region when --drop is set")
+                   help="probability of dropping a region (with --drop)")
     g.add_argument("--max_caption_tokens", type=int, default=128,
                    help="WordPiece tokens kept per caption, [CLS]/[SEP] included")
 

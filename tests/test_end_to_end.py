@@ -14,6 +14,7 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from lib.checkpoint import BEST, LATEST, load_checkpoint
+from lib.evaluation import fold_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 # 20 test images x 100 captions: t2i R@K = K/20; i2t R@K = 1 - C(95, K) / C(100, K)
@@ -58,7 +59,8 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
     again = eval_cli.main(["--results", str(results), str(results)])
     assert again == pytest.approx(metrics)
     folds = eval_cli.main(["--results", str(results), "--fold5"])
-    assert folds["rsum"] > 0 and set(folds) == set(metrics)
+    assert folds == pytest.approx(fold_metrics(saved["sims"]))
+    assert folds != pytest.approx(metrics)  # 4-image folds rank differently from 20 images
 
 
 def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
@@ -71,17 +73,17 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
     assert a["epoch"] == b["epoch"] == 2
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
-    assert a["best_rsum"] == b["best_rsum"]
+    assert a["best"] == b["best"] and a["best"]["rsum"] > 0
 
 
 def test_bert_path_trains_end_to_end(tiny_toy, tmp_path, minilm_path):
     run = tmp_path / "bert"
-    best = train_cli.main(_train_args(tiny_toy, run, "--num_epochs", "1", "--text_enc_type",
+    best = train_cli.main(_train_args(tiny_toy, run, "--num_epochs", "2", "--text_enc_type",
                                       "bert", "--bert_path", minilm_path))
-    assert best["rsum"] > 0
+    assert best["rsum"] > CHANCE_RSUM + 100, best
     metrics = eval_cli.main(["--model_path", str(run / BEST), "--split", "test",
                              "--no_progress"])
-    assert metrics["rsum"] == pytest.approx(best["rsum"], abs=50)  # test vs dev: same regime
+    assert metrics["rsum"] > CHANCE_RSUM + 100, metrics
 
 
 @pytest.mark.parametrize("config", ["chan", "asdg", "vse"])
@@ -92,7 +94,8 @@ def test_named_configurations_beat_chance(tiny_toy, tmp_path, config):
     assert best["rsum"] > CHANCE_RSUM + 100, best
 
 
-@pytest.mark.parametrize("problem", ["missing_data", "bad_img_dim", "missing_checkpoint"])
+@pytest.mark.parametrize("problem", ["missing_data", "bad_img_dim", "missing_checkpoint",
+                                     "corrupt_checkpoint", "missing_bert"])
 def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
     if problem == "missing_data":
         done = _cli("train.py", "--data_path", str(tmp_path / "nope"), "--data_name", "f30k",
@@ -103,8 +106,16 @@ def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
     elif problem == "bad_img_dim":
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--img_dim", "2048"))
         expected = "train_ims.npy: expected features of shape (N_img, regions, 2048)"
-    else:
+    elif problem == "missing_checkpoint":
         done = _cli("eval.py", "--model_path", str(tmp_path / "none.pth"))
         expected = "checkpoint not found"
+    elif problem == "corrupt_checkpoint":
+        (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+        done = _cli("eval.py", "--model_path", str(tmp_path / "bad.pth"))
+        expected = "bad.pth: not a readable checkpoint"
+    else:
+        done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert",
+                                             "--bert_path", str(tmp_path / "no-model")))
+        expected = "cannot load the tokenizer of"
     assert done.returncode != 0
     assert expected in done.stderr and "Traceback" not in done.stderr

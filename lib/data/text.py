@@ -63,7 +63,12 @@ class WordPieceTokenizer:
     def __init__(self, name_or_path: str, max_length: int = 128):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+        except OSError as err:
+            raise DataError(f"cannot load the tokenizer of {name_or_path!r} ({err}); pass a "
+                            f"local model folder with --bert_path, or a hub name with network "
+                            f"access") from None
         if not self.tokenizer.is_fast:
             raise ValueError(f"{name_or_path}: a fast tokenizer (tokenizer.json) is required")
         self.pad_id = self.tokenizer.pad_token_id

@@ -95,8 +95,12 @@ def build_vocab(captions: Iterable[str], min_count: int = 4) -> Vocabulary:
 
 
 def read_lines(path: Path) -> list[str]:
+    """Lines split on newlines only (``str.splitlines`` would also split on form feeds and
+    other separators that real caption files may contain)."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+        lines = text.split("\n")
+        return lines[:-1] if lines and lines[-1] == "" else lines
     except FileNotFoundError:
         raise DataError(f"caption file not found: {path}") from None
     except UnicodeDecodeError as err:

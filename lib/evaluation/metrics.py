@@ -50,6 +50,8 @@ def _summary(ranks: torch.Tensor) -> tuple[float, ...]:
 def recall_metrics(sims: torch.Tensor | np.ndarray, caps_per_image: int | None = None) -> dict:
     """R@1/5/10, medr, meanr both ways and rsum. ``caps_per_image`` defaults to N_cap // N_img."""
     sims = torch.as_tensor(sims)
+    if not bool(torch.isfinite(sims).all()):
+        raise ValueError("score matrix contains NaN or infinite values; no ranking is defined")
     n_img, n_cap = sims.shape
     k = caps_per_image or n_cap // n_img
     if k < 1 or n_img * k != n_cap:

@@ -62,10 +62,15 @@ class BertTextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
-        if pretrained:
-            self.bert = AutoModel.from_pretrained(bert_path)
-        else:  # weights come from a checkpoint
-            self.bert = AutoModel.from_config(AutoConfig.from_pretrained(bert_path))
+        try:
+            if pretrained:
+                self.bert = AutoModel.from_pretrained(bert_path)
+            else:  # weights come from a checkpoint
+                self.bert = AutoModel.from_config(AutoConfig.from_pretrained(bert_path))
+        except OSError as err:
+            raise DataError(f"cannot load the BERT-family model {bert_path!r} ({err}); pass a "
+                            f"local model folder with --bert_path, or a hub name with network "
+                            f"access") from None
         self.linear = nn.Linear(self.bert.config.hidden_size, embed_size)
         self.graph = graph
         self.normalize = not no_txtnorm
