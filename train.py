@@ -12,7 +12,14 @@ import torch
 
 from lib.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lib.config import parse_train_args
-from lib.data import DataError, build_tokenizer, eval_loaders, load_vocab, train_loader
+from lib.data import (
+    DataError,
+    build_tokenizer,
+    eval_loaders,
+    load_vocab,
+    open_split,
+    train_loader,
+)
 from lib.data.toy import ensure_toy
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.evaluation import format_metrics
@@ -46,11 +53,14 @@ def build_optimizer(model, args):
 
 
 def prepare_data(args):
-    """Build the toy set on first use; return the vocabulary (BiGRU) and the tokenizer."""
+    """Build the toy set on first use, check the training split (setting ``args.img_dim`` from
+    it when not given); return the split, the vocabulary (BiGRU) and the tokenizer."""
     if args.data_name == "toy":
         ensure_toy(Path(args.data_path).parent)
+    split = open_split(args.data_path, "train", args.img_dim)
+    args.img_dim = split.feature_dim
     vocab = load_vocab(args.vocab_path, args.data_name) if args.text_enc_type == "bigru" else None
-    return vocab, build_tokenizer(args, vocab)
+    return split, vocab, build_tokenizer(args, vocab)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,14 +85,14 @@ def run(args) -> dict:
     seed_everything(args.seed)
     device = torch.device(args.device) if args.device else default_device()
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
-    vocab, tokenizer = prepare_data(args)
+    train_split, vocab, tokenizer = prepare_data(args)
     model, criterion = build_model(args, vocab)
     model.to(device)
     optimizer = build_optimizer(model, args)
     start_epoch, best = 0, {}
     if args.resume:
         start_epoch, best = resume(args, model, optimizer)
-    train_data = train_loader(args, tokenizer)
+    train_data = train_loader(args, tokenizer, train_split)
     val_images, val_captions, _ = eval_loaders(args.data_path, "dev", args.img_dim, tokenizer,
                                                args.batch_size, args.workers)
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",

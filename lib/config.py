@@ -58,7 +58,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocab_path", default="data/vocab",
                    help="BiGRU vocabulary: a SCAN JSON file or the folder holding "
                    "{data_name}_precomp_vocab.json")
-    g.add_argument("--img_dim", type=int, default=2048, help="region feature width")
+    g.add_argument("--img_dim", type=int, default=None,
+                   help="region feature width (BUTD: 2048); default: read from train_ims.npy, "
+                   "when given the features are checked against it")
     g.add_argument("--batch_size", type=int, default=128, help="training mini-batch size")
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     g.add_argument("--drop", action=argparse.BooleanOptionalAction, default=True,
@@ -76,8 +78,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_imgnorm", action="store_true", help="do not L2-normalise regions")
     g.add_argument("--text_enc_type", default="bert", choices=("bert", "bigru"),
                    help="text encoder")
-    g.add_argument("--bert_path", default="distilbert-base-uncased",
-                   help="BERT-family model: a local folder, or a hub name (downloads)")
+    g.add_argument("--bert_path", default=None,
+                   help="BERT-family model for --text_enc_type bert: a local folder, or a hub "
+                   "name such as distilbert-base-uncased (downloaded); the named "
+                   "configurations set one")
     g.add_argument("--word_dim", type=int, default=300, help="BiGRU word embedding width")
     g.add_argument("--num_layers", type=int, default=1, help="BiGRU layers")
     g.add_argument("--wemb_type", default="none", choices=("none", "glove"),

@@ -23,8 +23,8 @@ CHANCE_RSUM = 100 * sum(k / 20 + 1 - math.comb(95, k) / math.comb(100, k) for k 
 
 def _train_args(root, run, *extra):
     return ["--data_path", str(root / "toy"), "--data_name", "toy", "--vocab_path",
-            str(root / "vocab"), "--text_enc_type", "bigru", "--img_dim", "256", "--embed_size",
-            "256", "--word_dim", "128", "--batch_size", "32", "--workers", "0", "--drop",
+            str(root / "vocab"), "--text_enc_type", "bigru", "--embed_size", "256", "--word_dim",
+            "128", "--batch_size", "32", "--workers", "0", "--drop",
             "--model_name", str(run), "--no_progress", "--log_step", "5", *extra]
 
 
@@ -42,6 +42,7 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
     assert any((run / "log").iterdir())  # TensorBoard event file
     ckpt = load_checkpoint(run / LATEST)
     assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 256 and ckpt["vocab"]
+    assert ckpt["config"]["img_dim"] == 256  # read from train_ims.npy when not given
 
     metrics_file, results = tmp_path / "m.json", tmp_path / "sims.npy"
     done = _cli("eval.py", "--model_path", str(run / BEST), "--split", "test", "--metrics_out",
@@ -95,7 +96,7 @@ def test_named_configurations_beat_chance(tiny_toy, tmp_path, config):
 
 
 @pytest.mark.parametrize("problem", ["missing_data", "bad_img_dim", "missing_checkpoint",
-                                     "corrupt_checkpoint", "missing_bert"])
+                                     "corrupt_checkpoint", "missing_bert", "unnamed_bert"])
 def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
     if problem == "missing_data":
         done = _cli("train.py", "--data_path", str(tmp_path / "nope"), "--data_name", "f30k",
@@ -113,9 +114,12 @@ def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
         (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
         done = _cli("eval.py", "--model_path", str(tmp_path / "bad.pth"))
         expected = "bad.pth: not a readable checkpoint"
-    else:
+    elif problem == "missing_bert":
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert",
                                              "--bert_path", str(tmp_path / "no-model")))
         expected = "cannot load the tokenizer of"
+    else:  # nothing is downloaded unless the user names a model
+        done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert"))
+        expected = "--text_enc_type bert needs a model"
     assert done.returncode != 0
     assert expected in done.stderr and "Traceback" not in done.stderr

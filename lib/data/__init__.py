@@ -36,11 +36,13 @@ def build_tokenizer(args, vocab: Vocabulary | None = None):
         if vocab is None:
             raise ValueError("the BiGRU text encoder needs a vocabulary (--vocab_path)")
         return VocabTokenizer(vocab)
+    if not args.bert_path:
+        raise DataError("--text_enc_type bert needs a model: --bert_path /local/folder, or a hub "
+                        "name such as distilbert-base-uncased (downloaded), or --config NAME")
     return WordPieceTokenizer(args.bert_path, max_length=args.max_caption_tokens)
 
 
-def train_loader(args, tokenizer) -> DataLoader:
-    split = open_split(args.data_path, "train", args.img_dim)
+def train_loader(args, tokenizer, split: PrecompSplit) -> DataLoader:
     dataset = PairDataset(split, tokenizer, train=True,
                           region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,

@@ -29,6 +29,7 @@ class PrecompSplit:
     captions: list[str]
     num_images: int
     im_div: int  # captions per image (5 or 1)
+    feature_dim: int  # width of one region feature
 
     @property
     def num_captions(self) -> int:
@@ -38,8 +39,11 @@ class PrecompSplit:
         return caption_index // self.im_div
 
 
-def open_split(data_path: str | Path, split: str, img_dim: int) -> PrecompSplit:
-    """Check a split's files and return its description, or raise :class:`DataError`."""
+def open_split(data_path: str | Path, split: str, img_dim: int | None = None) -> PrecompSplit:
+    """Check a split's files and return its description, or raise :class:`DataError`.
+
+    ``img_dim`` is the expected feature width; ``None`` accepts the width the file has.
+    """
     folder = Path(data_path) / "precomp"
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder} (expected the SCAN layout "
@@ -50,8 +54,9 @@ def open_split(data_path: str | Path, split: str, img_dim: int) -> PrecompSplit:
             raise DataError(f"missing file: {path} (split {split!r} needs {ims_path.name} "
                             f"and {caps_path.name})")
     shape = _feature_shape(ims_path)
-    if len(shape) != 3 or shape[2] != img_dim:
-        raise DataError(f"{ims_path}: expected features of shape (N_img, regions, {img_dim}) "
+    if len(shape) != 3 or (img_dim is not None and shape[2] != img_dim):
+        width = "img_dim" if img_dim is None else img_dim
+        raise DataError(f"{ims_path}: expected features of shape (N_img, regions, {width}) "
                         f"(--img_dim {img_dim}), found {shape}")
     captions = read_lines(caps_path)
     num_images = shape[0]
@@ -65,7 +70,7 @@ def open_split(data_path: str | Path, split: str, img_dim: int) -> PrecompSplit:
     if split == "dev" and len(captions) > DEV_CAPTIONS:
         captions = captions[:DEV_CAPTIONS]
         num_images = DEV_CAPTIONS // im_div
-    return PrecompSplit(ims_path, captions, num_images, im_div)
+    return PrecompSplit(ims_path, captions, num_images, im_div, shape[2])
 
 
 def _feature_shape(path: Path) -> tuple[int, ...]:
