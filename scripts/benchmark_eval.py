@@ -78,8 +78,13 @@ def main(argv=None):
     p.add_argument("--precision", default="bf16", choices=("fp32", "tf32", "bf16"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is kept)")
+    p.add_argument("--memory_gb", type=float, default=None,
+                   help="cap this process's CUDA memory (e.g. 24 to check a 24 GB card)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if args.memory_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total), device)
     dtype = storage_dtype(args.precision)
     images, img_lens, captions = make_embeddings(args, device, dtype)
     sim = Similarity(args.coding, args.pooling).to(device)

@@ -1,0 +1,20 @@
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import benchmark_eval  # noqa: E402
+
+
+def test_benchmark_reports_scoring_floor_and_ratio(capsys):
+    benchmark_eval.main(["--n_img", "6", "--dim", "32", "--device", "cpu", "--repeats", "1",
+                         "--precision", "fp32"])
+    out = capsys.readouterr().out
+    assert "6 images x 36 regions, 30 captions" in out
+    seconds = {k: float(v) for k, v in re.findall(r"^(scoring|ranking|total|floor) .*?([\d.]+) s",
+                                                  out, flags=re.M)}
+    assert set(seconds) == {"scoring", "ranking", "total", "floor"}
+    assert seconds["total"] >= seconds["scoring"]
+    ratio = float(re.search(r"ratio total / floor: ([\d.]+)", out).group(1))
+    assert ratio > 0 and "peak host memory" in out
