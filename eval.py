@@ -19,7 +19,13 @@ import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint
 from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
-from lib.evaluation import evaluate_split, fold_metrics, format_metrics, recall_metrics
+from lib.evaluation import (
+    encode_split,
+    fold_metrics,
+    format_metrics,
+    recall_metrics,
+    score_matrix,
+)
 from lib.models import build_model
 from lib.precision import PRECISIONS, default_device, resolve
 
@@ -85,22 +91,27 @@ def score_checkpoint(args) -> torch.Tensor:
                                        build_tokenizer(cfg, vocab), args.batch_size, args.workers)
     precision = resolve(args.precision, device)
     start = time.perf_counter()
-    _, sims = evaluate_split(model, images, captions, device, precision,
-                             progress=not args.no_progress)
+    encoded = encode_split(model, images, captions, device, precision, not args.no_progress)
+    sims = score_matrix(model.sim, encoded.images, encoded.img_lens, encoded.captions, precision,
+                        progress=not args.no_progress)
     logging.info("%s/%s: %d images x %d captions scored in %.1f s (%s, %s)", data_path, split,
                  *sims.shape, time.perf_counter() - start, device, precision)
-    return sims.cpu()
+    return sims  # stays on the device: ranking runs there
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = eval_parser().parse_args(argv)
     if bool(args.model_path) == bool(args.results):
         raise SystemExit("error: give exactly one of --model_path or --results")
-    sims = torch.from_numpy(load_results(args.results)) if args.results else score_checkpoint(args)
+    if args.results:
+        device = torch.device(args.device) if args.device else default_device()
+        sims = torch.from_numpy(load_results(args.results)).to(device)
+    else:
+        sims = score_checkpoint(args)
     metrics = fold_metrics(sims) if args.fold5 else recall_metrics(sims)
     print(("5-fold mean (1K)\n" if args.fold5 else "") + format_metrics(metrics))
     if args.save_results:
-        results = {"npts": sims.shape[0], "sims": sims.numpy()}
+        results = {"npts": sims.shape[0], "sims": sims.cpu().numpy()}
         atomic_write(args.save_results, lambda f: np.save(f, results))
     if args.metrics_out:
         text = (json.dumps(metrics, indent=2) + "\n").encode()

@@ -32,9 +32,8 @@ class PackedSequences:
     data: torch.Tensor  # (T, D)
     lengths: torch.Tensor  # (N,)
 
-    @property
-    def offsets(self) -> torch.Tensor:
-        return torch.cumsum(self.lengths, 0) - self.lengths
+    def __post_init__(self):
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths  # (N,) start of each
 
     def __len__(self) -> int:
         return len(self.lengths)
