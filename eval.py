@@ -1,8 +1,10 @@
-"""Evaluate a checkpoint or saved score matrices with the exact protocol of SPEC §5.
+"""Evaluate a checkpoint or saved score matrices with the published VSE∞/CHAN protocol.
 
-    python eval.py --model_path runs/f30k/model_best.pth --data_path data/f30k --split test
-    python eval.py --model_path runs/coco/model_best.pth --data_path data/coco --fold5
+    python eval.py --model_path runs/f30k_asdg/model_best.pth --data_path data/f30k
+    python eval.py --model_path runs/coco_asdg/model_best.pth --data_path data/coco --fold5
     python eval.py --results a.npy b.npy [--fold5]        # ensemble: mean of the score matrices
+
+The split defaults to COCO's testall (5K) when the data folder has one, else test (F30K 1K).
 """
 
 from __future__ import annotations
@@ -13,23 +15,19 @@ import logging
 import sys
 import time
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint
 from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
-from lib.evaluation import (
-    encode_split,
-    fold_metrics,
-    format_metrics,
-    recall_metrics,
-    score_matrix,
-)
+from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
-from lib.precision import PRECISIONS, default_device, resolve
+from lib.precision import PRECISIONS, resolve, resolve_device
 
 DEFAULT_SPLIT = {"coco": "testall", "f30k": "test"}
+FOLD_IMAGES = 1000  # COCO 1K protocol: --fold5 cuts the 5K matrix into folds of this size
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -39,10 +37,11 @@ def eval_parser() -> argparse.ArgumentParser:
     src.add_argument("--results", nargs="+", help="saved score files (.npy) to evaluate/ensemble")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=("f30k", "coco", "toy"),
-                   help="sets the default split (f30k: test, coco: testall)")
+                   help="sets the default split (f30k/toy: test, coco: testall); without it, "
+                   "testall when the data folder has one, else test")
     g.add_argument("--data_path", help="dataset folder holding precomp/ (default: the training "
                    "data_path stored in the checkpoint)")
-    g.add_argument("--split", choices=SPLITS, help="split to evaluate (default: test/testall)")
+    g.add_argument("--split", choices=SPLITS, help="split to evaluate (default: see --dataset)")
     g.add_argument("--batch_size", type=int, default=128, help="encoding batch size")
     g.add_argument("--workers", type=int, default=2, help="data loader workers")
     g = p.add_argument_group("protocol and output")
@@ -51,7 +50,8 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="precision of encoding and scoring (see docs/PERFORMANCE.md)")
     g.add_argument("--device", help="cuda | cpu (default: cuda when available)")
-    g.add_argument("--save_results", help="write {'npts': N_img, 'sims': (N_img, N_cap)} here")
+    g.add_argument("--save_results", help="write {'npts': N_img, 'sims': (N_img, N_cap)} here "
+                   "(a pickled dict, as VSE∞ writes: load only results files you trust)")
     g.add_argument("--metrics_out", help="write the metrics as JSON here")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
@@ -76,26 +76,40 @@ def load_results(paths: list[str]) -> np.ndarray:
     return np.mean(matrices, axis=0)
 
 
-def score_checkpoint(args) -> torch.Tensor:
-    device = torch.device(args.device) if args.device else default_device()
-    ckpt = load_checkpoint(args.model_path)
+def default_split(data_path: str, dataset: str | None) -> str:
+    """The split of the published protocol: COCO 5K ``testall``, else ``test``."""
+    if dataset:
+        return DEFAULT_SPLIT.get(dataset, "test")
+    return "testall" if (Path(data_path) / "precomp" / "testall_ims.npy").is_file() else "test"
+
+
+def load_model(model_path: str, device: torch.device):
+    """The model of a checkpoint (its config and vocabulary are stored inside) and the config."""
+    ckpt = load_checkpoint(model_path)
     cfg = Namespace(**ckpt["config"])
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
     model, _ = build_model(cfg, vocab, pretrained=False)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        first_line = str(err).splitlines()[0]
+        raise DataError(f"{model_path}: the weights do not fit the model its stored config "
+                        f"builds ({first_line}); was the file edited or written by another "
+                        f"version?") from None
+    return model.to(device), cfg, vocab
+
+
+def score_checkpoint(args, device: torch.device) -> torch.Tensor:
+    model, cfg, vocab = load_model(args.model_path, device)
     data_path = args.data_path or cfg.data_path
-    dataset = (args.dataset or cfg.data_name).removesuffix("_precomp")
-    split = args.split or DEFAULT_SPLIT.get(dataset, "test")
+    split = args.split or default_split(data_path, args.dataset)
     images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
                                        build_tokenizer(cfg, vocab), args.batch_size, args.workers)
     precision = resolve(args.precision, device)
     start = time.perf_counter()
-    encoded = encode_split(model, images, captions, device, precision, not args.no_progress)
-    sims = score_matrix(model.sim, encoded.images, encoded.img_lens, encoded.captions, precision,
-                        progress=not args.no_progress)
-    logging.info("%s/%s: %d images x %d captions scored in %.1f s (%s, %s)", data_path, split,
-                 *sims.shape, time.perf_counter() - start, device, precision)
+    sims = score_split(model, images, captions, device, precision, not args.no_progress)
+    logging.info("%s, split %s: %d images x %d captions scored in %.1f s (%s, %s)", data_path,
+                 split, *sims.shape, time.perf_counter() - start, device, precision)
     return sims  # stays on the device: ranking runs there
 
 
@@ -103,12 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = eval_parser().parse_args(argv)
     if bool(args.model_path) == bool(args.results):
         raise SystemExit("error: give exactly one of --model_path or --results")
+    device = resolve_device(args.device)
     if args.results:
-        device = torch.device(args.device) if args.device else default_device()
         sims = torch.from_numpy(load_results(args.results)).to(device)
     else:
-        sims = score_checkpoint(args)
-    metrics = fold_metrics(sims) if args.fold5 else recall_metrics(sims)
+        sims = score_checkpoint(args, device)
+    metrics = fold_metrics(sims, FOLD_IMAGES) if args.fold5 else recall_metrics(sims)
     print(("5-fold mean (1K)\n" if args.fold5 else "") + format_metrics(metrics))
     if args.save_results:
         results = {"npts": sims.shape[0], "sims": sims.cpu().numpy()}

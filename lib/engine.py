@@ -9,7 +9,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from .evaluation import evaluate_split
+from .evaluation import recall_metrics, score_split
 from .precision import autocast
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, arg
 
 
 def evaluate(model, image_loader, caption_loader, device, precision: str = "fp32",
-             fold5: bool = False, progress: bool = True) -> dict:
-    """Recall metrics of ``model`` on one split (the same fast path as ``eval.py``)."""
-    metrics, _ = evaluate_split(model, image_loader, caption_loader, device, precision, fold5,
-                                progress)
-    return metrics
+             progress: bool = True) -> dict:
+    """Recall metrics of ``model`` on one split, scored like ``eval.py`` does."""
+    return recall_metrics(score_split(model, image_loader, caption_loader, device, precision,
+                                      progress))

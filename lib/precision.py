@@ -1,8 +1,9 @@
 """Numeric precision in one place: autocast for the model, matmul mode for scoring.
 
 ``fp32``: exact float32 everywhere. ``tf32``: float32 storage, TF32 tensor-core matmuls on CUDA
-(same as fp32 on CPU). ``bf16``: bfloat16 autocast / storage. ``auto`` resolves to ``bf16`` on CUDA
-and ``fp32`` on CPU.
+(same as fp32 on CPU). ``bf16``: bfloat16 autocast for the model and bfloat16 storage of the
+evaluation embeddings, but scores are float32 (:func:`float32_products`). ``auto`` resolves to
+``bf16`` on CUDA and ``fp32`` on CPU.
 """
 
 from __future__ import annotations
@@ -28,13 +29,32 @@ def storage_dtype(precision: str) -> torch.dtype:
 
 @contextlib.contextmanager
 def matmul_mode(precision: str):
-    """Allow TF32 matmuls inside the block for ``tf32``; restore the previous setting after."""
+    """Allow TF32 matmuls inside the block for ``tf32`` and ``bf16``; restore the setting after.
+
+    Under ``bf16`` the float32 matmuls are those of blocks upcast from bfloat16 storage, whose
+    values TF32 (10 mantissa bits) represents exactly.
+    """
     previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    torch.set_float32_matmul_precision("high" if precision in ("tf32", "bf16") else "highest")
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def float32_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (2-D) with a float32 result, also for bfloat16 inputs.
+
+    A bfloat16 result keeps 8 significant bits: cosines in [0.5, 1) would take only 128 values,
+    so many scores would tie and R@K would depend on the tie rule. On CUDA, cuBLAS takes the
+    bfloat16 inputs and writes float32 (``out_dtype``); elsewhere the inputs are upcast first,
+    which gives the same products.
+    """
+    if a.dtype == b.dtype == torch.float32:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
 
 
 def autocast(precision: str, device: torch.device):
@@ -44,5 +64,8 @@ def autocast(precision: str, device: torch.device):
     return matmul_mode(precision)
 
 
-def default_device() -> torch.device:
+def resolve_device(name: str | None = None) -> torch.device:
+    """``name`` (e.g. ``cuda:1``) or, when not given, CUDA when available, else the CPU."""
+    if name:
+        return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

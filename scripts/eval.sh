@@ -3,7 +3,7 @@
 #   sh scripts/eval.sh                                       # toy run, test split
 #   DATASET=f30k DATA_PATH=data/f30k sh scripts/eval.sh      # Flickr30K 1K test
 #   DATASET=coco DATA_PATH=data/coco sh scripts/eval.sh      # COCO 5K and 1K (5-fold)
-# Metrics are printed and written as JSON next to the checkpoint.
+# Metrics are printed and written as JSON (and the score matrix as .npy) into $RUN.
 set -e
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -28,7 +28,7 @@ case "$DATASET" in
     $PYTHON eval.py --model_path "$MODEL" --data_path "$DATA_PATH" --split testall \
       --metrics_out "$RUN/metrics_5k.json" --save_results "$RUN/sims_testall.npy" "$@"
     echo "== COCO 1K (5-fold mean over testall) =="
-    $PYTHON eval.py --results "$RUN/sims_testall.npy" --fold5 \
+    $PYTHON eval.py --results "$RUN/sims_testall.npy" --fold5 "$@" \
       --metrics_out "$RUN/metrics_1k.json"
     ;;
   *)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib.data import DataError
 from lib.evaluation.metrics import fold_metrics, i2t_ranks, recall_metrics, t2i_ranks
 
 # 1:1 case. i2t ranks [0, 1, 1]; t2i ranks [0, 1, 1].
@@ -51,7 +52,7 @@ def test_fold5_mean_ignores_cross_fold_scores():
     sims = torch.full((10, 50), 5.0)  # off-fold entries would win every ranking if used
     for f in range(5):
         sims[2 * f:2 * f + 2, 10 * f:10 * f + 10] = case if f % 2 == 0 else perfect
-    m = fold_metrics(sims)
+    m = fold_metrics(sims, fold_images=2)
     assert m["rsum"] == pytest.approx((3 * 510 + 2 * 600) / 5)
     assert m["r1"] == pytest.approx((3 * 50 + 2 * 100) / 5)
     assert m["medr"] == pytest.approx((3 * 3 + 2 * 1) / 5)
@@ -75,7 +76,11 @@ def test_ranks_match_stable_sort_reference_with_ties(seed):
 
 def test_numpy_input_and_bad_shape():
     assert recall_metrics(np.array(ONE_TO_ONE))["rsum"] == pytest.approx(200 / 3 + 400)
-    with pytest.raises(ValueError, match="captions per image"):
+    with pytest.raises(DataError, match="3 images x 7 captions"):
         recall_metrics(torch.zeros(3, 7))
-    with pytest.raises(ValueError, match="5 folds"):
-        fold_metrics(torch.zeros(4, 20))
+    with pytest.raises(DataError, match="needs 5 x 1000 = 5000 images.*1000 images"):
+        fold_metrics(torch.zeros(1000, 5000))  # a 1K split is not five 200-image folds
+    nan_outside_folds = torch.eye(10).repeat_interleave(5, dim=1)
+    nan_outside_folds[0, -1] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        fold_metrics(nan_outside_folds, fold_images=2)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.errors import DataError
+
 KEYS = ("r1", "r5", "r10", "medr", "meanr", "r1i", "r5i", "r10i", "medri", "meanri", "rsum")
 ROW_BLOCK_ELEMENTS = 2**26
 
@@ -47,15 +49,20 @@ def _summary(ranks: torch.Tensor) -> tuple[float, ...]:
     return (*recalls, float(np.floor(np.median(r)) + 1), float(r.mean() + 1))
 
 
+def _check_finite(sims: torch.Tensor) -> None:
+    if not bool(torch.isfinite(sims).all()):
+        raise DataError("score matrix contains NaN or infinite values; no ranking is defined")
+
+
 def recall_metrics(sims: torch.Tensor | np.ndarray, caps_per_image: int | None = None) -> dict:
     """R@1/5/10, medr, meanr both ways and rsum. ``caps_per_image`` defaults to N_cap // N_img."""
     sims = torch.as_tensor(sims)
-    if not bool(torch.isfinite(sims).all()):
-        raise ValueError("score matrix contains NaN or infinite values; no ranking is defined")
+    _check_finite(sims)
     n_img, n_cap = sims.shape
     k = caps_per_image or n_cap // n_img
     if k < 1 or n_img * k != n_cap:
-        raise ValueError(f"score matrix {tuple(sims.shape)} does not have k captions per image")
+        raise DataError(f"score matrix of {n_img} images x {n_cap} captions: the caption count "
+                        f"must be a multiple of the image count (rows: images, columns: captions)")
     i2t = _summary(i2t_ranks(sims, k))
     t2i = _summary(t2i_ranks(sims, k))
     metrics = dict(zip(KEYS[:10], (*i2t, *t2i), strict=True))
@@ -63,14 +70,21 @@ def recall_metrics(sims: torch.Tensor | np.ndarray, caps_per_image: int | None =
     return metrics
 
 
-def fold_metrics(sims: torch.Tensor | np.ndarray, folds: int = 5) -> dict:
-    """COCO 1K protocol: split into ``folds`` equal image/caption blocks; mean of every metric."""
+def fold_metrics(sims: torch.Tensor | np.ndarray, fold_images: int = 1000, folds: int = 5) -> dict:
+    """COCO 1K protocol: ``folds`` diagonal blocks of ``fold_images`` images; mean of every metric.
+
+    The matrix must hold exactly ``folds * fold_images`` images (COCO testall: 5 x 1,000), so
+    that a 1K-image split is never silently reported as five 200-image folds.
+    """
     sims = torch.as_tensor(sims)
+    _check_finite(sims)  # also outside the folds: a NaN anywhere means a broken model
     n_img, n_cap = sims.shape
-    if n_img % folds or n_cap % folds:
-        raise ValueError(f"cannot cut a {tuple(sims.shape)} score matrix into {folds} folds")
-    fi, fc = n_img // folds, n_cap // folds
-    per_fold = [recall_metrics(sims[f * fi:(f + 1) * fi, f * fc:(f + 1) * fc])
+    if n_img != folds * fold_images or n_cap % folds:
+        raise DataError(f"the {folds}-fold protocol needs {folds} x {fold_images} = "
+                        f"{folds * fold_images} images (COCO testall), but the score matrix is "
+                        f"{n_img} images x {n_cap} captions")
+    fc = n_cap // folds
+    per_fold = [recall_metrics(sims[f * fold_images:(f + 1) * fold_images, f * fc:(f + 1) * fc])
                 for f in range(folds)]
     return {key: float(np.mean([m[key] for m in per_fold])) for key in KEYS}
 

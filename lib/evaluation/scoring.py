@@ -9,6 +9,10 @@ blocks sized from the free memory of the device:
   on the (images, captions, tokens) values -- the FLOPs are those of the plain product.
 * Region-indexed codings (THA, VSA, mixed) build ``(images, captions, R, L)`` blocks over
   captions sorted by length, so each block is padded only to its own longest caption.
+
+Scores are float32 in every precision: ``bf16`` halves the storage of the embeddings, but the
+products of bfloat16 inputs are kept in float32 (``lib.precision.float32_products``), since
+bfloat16 scores would tie far more often than real-valued ones.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..masking import l2norm, length_mask, masked_mean
-from ..precision import autocast, matmul_mode, storage_dtype
+from ..precision import autocast, float32_products, matmul_mode, storage_dtype
 from ..similarity import TOKEN_CODINGS, pool
 
 CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
@@ -129,7 +133,8 @@ def _token_coding_scores(sim, images, img_lens, captions, budget, progress):
     region_pad = ~length_mask(img_lens, n_reg)  # (N_img, R)
     any_pad = bool(region_pad.any())
     offsets = captions.offsets
-    # split captions into ranges of at most `tokens_per_block` tokens
+    # Blocks of `img_step` images x a caption range of at most `tokens_per_block` tokens; the
+    # image step leaves room for at least 64 tokens (a few captions) per product.
     img_step = min(n_img, max(1, budget // (n_reg * 64)))
     tokens_per_block = max(int(captions.lengths.max()), budget // (img_step * n_reg))
     ranges = _caption_ranges(captions.lengths, tokens_per_block)
@@ -142,12 +147,14 @@ def _token_coding_scores(sim, images, img_lens, captions, budget, progress):
         token_mask = length_mask(lens)  # (n_cap, L)
         for i0 in range(0, n_img, img_step):
             block = images[i0:i0 + img_step]  # (n_img, R, D)
-            sims = (block.reshape(-1, block.shape[-1]) @ tokens.t()).view(len(block), n_reg, -1)
+            sims = float32_products(block.reshape(-1, block.shape[-1]), tokens.t())
+            sims = sims.view(len(block), n_reg, -1)  # (n_img, R, T)
             if any_pad:
                 sims = sims.masked_fill(region_pad[i0:i0 + img_step, :, None],
                                         torch.finfo(sims.dtype).min)
-            best = sims.amax(dim=1).float()  # (n_img, T): best region per token
-            values = best.new_zeros(len(block), *token_mask.shape)  # (n_img, n_cap, L)
+            best = sims.amax(dim=1)  # (n_img, T): best region per token
+            # unpack tokens to (n_img, n_cap, L) padded per caption for the pooling
+            values = best.new_zeros(len(block), *token_mask.shape)
             values[:, token_mask] = best
             out[i0:i0 + img_step, c0:c1] = pool(values, token_mask[None], sim.pooling, sim.belta)
             bar.update()
@@ -183,10 +190,11 @@ def _region_coding_scores(sim, images, img_lens, captions, budget, progress):
         cap_step = max(1, budget // (img_step * n_reg * longest))
         idx = order[start:start + cap_step]
         caps, lens = captions.to_padded(idx)  # (n_cap, L, D)
+        caps = caps.float()  # blocks are scored in float32 whatever the storage
         for i0 in range(0, n_img, img_step):
-            block = sim(images[i0:i0 + img_step], img_lens[i0:i0 + img_step], caps, lens,
-                        max_elements=budget)
-            out[i0:i0 + img_step, idx] = block.float()
+            out[i0:i0 + img_step, idx] = sim(images[i0:i0 + img_step].float(),
+                                             img_lens[i0:i0 + img_step], caps, lens,
+                                             max_elements=budget)
         bar.update(len(idx))
         start += len(idx)
     bar.close()
