@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from lib.config import parse_train_args
+from lib.checkpoint import (
+    BEST,
+    LATEST,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from lib.config import model_keys, parse_train_args
 from lib.data import (
     DataError,
     build_tokenizer,
@@ -24,7 +31,7 @@ from lib.data.toy import ensure_toy
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.evaluation import format_metrics
 from lib.models import build_model
-from lib.precision import default_device, resolve
+from lib.precision import resolve, resolve_device
 
 log = logging.getLogger("train")
 
@@ -46,10 +53,21 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model, args):
+    """AdamW for ``--optim adamw`` and ``adam`` alike (VSE∞ builds AdamW for ``adam`` too)."""
     groups = model.param_groups(args.learning_rate, args.bert_lr_factor, args.weight_decay)
-    if args.optim == "adamw":
-        return torch.optim.AdamW(groups, lr=args.learning_rate)
-    return torch.optim.Adam(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def check_run_folder(args) -> None:
+    """Refuse to write over an earlier run unless asked to, or unless this resumes that run."""
+    folder = Path(args.model_name)
+    found = [name for name in (LATEST, BEST) if (folder / name).is_file()]
+    continues = (args.resume and not args.reset_start_epoch
+                 and Path(args.resume).resolve().parent == folder.resolve())
+    if found and not (args.overwrite or continues):
+        raise DataError(f"{folder} already holds a run ({', '.join(found)}): continue it with "
+                        f"--resume {folder / LATEST}, replace it with --overwrite, or choose "
+                        f"another --model_name")
 
 
 def prepare_data(args):
@@ -66,6 +84,7 @@ def prepare_data(args):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_train_args(argv)
     args.logger_name = args.logger_name or str(Path(args.model_name) / "log")
+    check_run_folder(args)
     setup_logging(Path(args.model_name))
     try:
         return run(args)
@@ -83,7 +102,7 @@ def run(args) -> dict:
             log.warning("--%s only applies to raw-image backbones; precomputed region features "
                         "are used as they are", flag)
     seed_everything(args.seed)
-    device = torch.device(args.device) if args.device else default_device()
+    device = resolve_device(args.device)
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
     train_split, vocab, tokenizer = prepare_data(args)
     model, criterion = build_model(args, vocab)
@@ -91,8 +110,11 @@ def run(args) -> dict:
     optimizer = build_optimizer(model, args)
     start_epoch, best = 0, {}
     if args.resume:
-        start_epoch, best = resume(args, model, optimizer)
+        start_epoch, best = resume(args, model, optimizer, vocab)
     train_data = train_loader(args, tokenizer, train_split)
+    if len(train_data) == 0:
+        raise DataError(f"{args.data_path}: {len(train_data.dataset)} training captions make no "
+                        f"full batch of --batch_size {args.batch_size}")
     val_images, val_captions, _ = eval_loaders(args.data_path, "dev", args.img_dim, tokenizer,
                                                args.batch_size, args.workers)
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
@@ -123,9 +145,14 @@ def run(args) -> dict:
     return best
 
 
-def resume(args, model, optimizer) -> tuple[int, dict]:
-    """Load a checkpoint; returns the epoch to start at and the best dev metrics so far."""
+def resume(args, model, optimizer, vocab) -> tuple[int, dict]:
+    """Load a checkpoint; returns the epoch to start at and the best dev metrics so far.
+
+    The checkpoint must come from the same model (architecture flags and vocabulary); the
+    optimiser's state is restored, but its hyperparameters follow the current flags.
+    """
     ckpt = load_checkpoint(args.resume)
+    check_same_model(args, vocab, ckpt)
     model.load_state_dict(ckpt["model"])
     if args.reset_start_epoch:
         log.info("loaded weights from %s; starting at epoch 0", args.resume)
@@ -134,11 +161,31 @@ def resume(args, model, optimizer) -> tuple[int, dict]:
     if missing:
         raise DataError(f"{args.resume}: cannot resume training, the checkpoint lacks "
                         f"{sorted(missing)}; use --reset_start_epoch to load its weights only")
+    flags = [{"weight_decay": g["weight_decay"], "lr_factor": g["lr_factor"]}
+             for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, current in zip(optimizer.param_groups, flags, strict=True):
+        group.update(current)  # --weight_decay / --bert_lr_factor of this invocation
     set_rng_state(ckpt["rng"])
     log.info("resumed %s at epoch %d (best dev rsum %.2f)", args.resume, ckpt["epoch"],
              ckpt["best"].get("rsum", float("nan")))
     return ckpt["epoch"], ckpt["best"]
+
+
+def check_same_model(args, vocab, ckpt: dict) -> None:
+    """Raise a :class:`DataError` listing every model flag (and the vocabulary) that differs."""
+    saved = ckpt["config"]
+    diffs = [f"--{key} {saved.get(key)!r} (now {getattr(args, key)!r})" for key in model_keys()
+             if _normal(saved.get(key)) != _normal(getattr(args, key))]
+    if vocab is not None and ckpt.get("vocab") != vocab.idx2word:
+        diffs.append("the BiGRU vocabulary (--vocab_path)")
+    if diffs:
+        raise DataError(f"{args.resume} was trained with a different model: "
+                        f"{'; '.join(diffs)}; pass the checkpoint's values to resume it")
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 if __name__ == "__main__":

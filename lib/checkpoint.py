@@ -9,8 +9,8 @@ the checkpoint and ``--resume`` continues exactly where training stopped.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,7 +25,9 @@ def atomic_write(path: str | Path, write) -> None:
     ``path``: readers see the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # created like any other file (mode 0666 minus the umask), unlike mkstemp's 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -35,6 +37,18 @@ def atomic_write(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)  # make the rename itself survive a power loss
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # not every platform can open or sync a folder
+        pass
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -55,12 +69,18 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(state: dict, folder: str | Path, is_best: bool) -> None:
-    """Write ``checkpoint.pth`` (always) and ``model_best.pth`` (when ``is_best``)."""
-    latest = Path(folder) / LATEST
-    atomic_save(state, latest)
-    if is_best:  # copy the bytes just written instead of serialising again
-        with latest.open("rb") as src:
-            atomic_write(Path(folder) / BEST, lambda dst: shutil.copyfileobj(src, dst))
+    """Write ``model_best.pth`` (when ``is_best``), then ``checkpoint.pth``.
+
+    The best file goes first: ``checkpoint.pth`` records which epoch is best, so it must never
+    name a best epoch whose weights a crash kept from reaching ``model_best.pth``.
+    """
+    latest, best = Path(folder) / LATEST, Path(folder) / BEST
+    if not is_best:
+        atomic_save(state, latest)
+        return
+    atomic_save(state, best)
+    with best.open("rb") as src:  # copy the bytes just written instead of serialising again
+        atomic_write(latest, lambda dst: shutil.copyfileobj(src, dst))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -1,9 +1,11 @@
-"""Command-line flags of ``train.py`` (names as in VSE∞/CHAN, SPEC §4), grouped by concern."""
+"""Command-line flags of ``train.py`` (the names VSE∞/CHAN users know), grouped by concern."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from .models.context import ATTENTION_HEADS
 from .models.image import IMAGE_ENCODERS
 from .precision import PRECISIONS
 from .similarity import CODINGS, POOLINGS
@@ -25,13 +27,52 @@ NAMED_CONFIGS = {
 }
 
 
+# Flag groups whose values shape the weights or the scores: a resumed run must match them.
+MODEL_GROUPS = ("model", "ASDG modules")
+# Initialisation only: the checkpoint's weights replace whatever they produced.
+INIT_ONLY = ("wemb_type", "wemb_path")
+
+
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse training flags; ``--config NAME`` first installs that configuration's defaults."""
     parser = train_parser()
     known, _ = parser.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**NAMED_CONFIGS[known.config])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = _flag_problem(args)
+    if problem:
+        parser.error(problem)
+    if args.vocab_path is None:  # SCAN layout: DATA_ROOT/{f30k,coco} beside DATA_ROOT/vocab
+        args.vocab_path = str(Path(args.data_path).parent / "vocab")
+    return args
+
+
+def _flag_problem(args) -> str | None:
+    """What is wrong with a combination of flags, before anything is written."""
+    if args.text_enc_type == "bert" and not args.bert_path:
+        return ("--text_enc_type bert needs a model: --bert_path /local/folder, a hub name such "
+                "as distilbert-base-uncased (downloaded), or --config NAME")
+    if args.reset_start_epoch and not args.resume:
+        return "--reset_start_epoch needs --resume CHECKPOINT"
+    if not 0 <= args.obj_drop_rate < 1:
+        return f"--obj_drop_rate must be in [0, 1), got {args.obj_drop_rate}"
+    for flag in ("batch_size", "log_step", "num_epochs", "embed_size"):
+        if getattr(args, flag) < 1:
+            return f"--{flag} must be at least 1, got {getattr(args, flag)}"
+    if args.precomp_enc_type in ("selfattention", "sase") and args.embed_size % ATTENTION_HEADS:
+        return (f"--precomp_enc_type {args.precomp_enc_type} uses {ATTENTION_HEADS} attention "
+                f"heads: --embed_size must be a multiple of {ATTENTION_HEADS}, got "
+                f"{args.embed_size}")
+    return None
+
+
+def model_keys(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """Names of the flags in :data:`MODEL_GROUPS` (plus ``img_dim``), minus :data:`INIT_ONLY`."""
+    parser = parser or train_parser()
+    keys = [action.dest for group in parser._action_groups if group.title in MODEL_GROUPS
+            for action in group._group_actions]
+    return ["img_dim", *(k for k in keys if k not in INIT_ONLY)]
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -55,17 +96,18 @@ def train_parser() -> argparse.ArgumentParser:
                    help="dataset folder holding precomp/ (e.g. data/f30k)")
     g.add_argument("--data_name", default="toy", help="f30k | coco | toy (the toy set is "
                    "generated on first use); selects the vocabulary file name")
-    g.add_argument("--vocab_path", default="data/vocab",
+    g.add_argument("--vocab_path", default=None,
                    help="BiGRU vocabulary: a SCAN JSON file or the folder holding "
-                   "{data_name}_precomp_vocab.json")
+                   "{data_name}_precomp_vocab.json (default: vocab/ beside the dataset folder, "
+                   "e.g. data/vocab for data/f30k)")
     g.add_argument("--img_dim", type=int, default=None,
                    help="region feature width (BUTD: 2048); default: read from train_ims.npy, "
                    "when given the features are checked against it")
     g.add_argument("--batch_size", type=int, default=128, help="training mini-batch size")
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     g.add_argument("--drop", action=argparse.BooleanOptionalAction, default=True,
-                   help="region size augmentation (SPEC §3): drop each training region with "
-                   "probability --obj_drop_rate; --no-drop turns it off")
+                   help="region size augmentation: drop each training region with "
+                   "probability --obj_drop_rate (at least one is kept); --no-drop turns it off")
     g.add_argument("--obj_drop_rate", type=float, default=0.2,
                    help="probability of dropping a region (with --drop)")
     g.add_argument("--max_caption_tokens", type=int, default=128,
@@ -96,7 +138,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=0.1, help="VSA attention temperature")
     g.add_argument("--global_pool", default="gpo", choices=("gpo", "mean"),
                    help="with --coding_type global: GPO (VSE∞) or mean pooling of each side")
-    g.add_argument("--belta", type=float, default=0.1, help="LSE/Softmax pooling temperature")
+    g.add_argument("--belta", type=float, default=0.1,
+                   help="LSE/Softmax pooling temperature (CHAN's spelling of beta)")
 
     g = p.add_argument_group("ASDG modules")
     g.add_argument("--fusion", default="none", choices=("none", "appm"),
@@ -118,7 +161,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--margin", type=float, default=0.05, help="hinge loss margin")
     g.add_argument("--temperature", type=float, default=0.01, help="InfoNCE temperature")
     g.add_argument("--max_violation", action="store_true",
-                   help="hardest negative also during the warm-up epochs")
+                   help="hardest negative also during the warm-up epochs (after them it is "
+                   "always used; set --vse_mean_warmup_epochs >= --num_epochs to never use it)")
     g.add_argument("--vse_mean_warmup_epochs", type=int, default=1,
                    help="epochs summing over all negatives before switching to the hardest")
 
@@ -126,8 +170,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_epochs", type=int, default=25, help="training epochs")
     g.add_argument("--learning_rate", type=float, default=5e-4, help="initial learning rate")
     g.add_argument("--lr_update", type=int, default=15, help="epoch at which lr drops x0.1")
-    g.add_argument("--optim", default="adamw", choices=("adamw", "adam"), help="optimizer")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--optim", default="adamw", choices=("adamw", "adam"),
+                   help="optimizer; 'adam' is AdamW too, as in VSE∞")
+    g.add_argument("--weight_decay", type=float, default=1e-4,
+                   help="AdamW (decoupled) weight decay")
     g.add_argument("--bert_lr_factor", type=float, default=0.1,
                    help="learning-rate factor of the pretrained text transformer")
     g.add_argument("--grad_clip", type=float, default=2.0, help="gradient-norm clip (0: off)")
@@ -136,10 +182,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     g.add_argument("--embedding_warmup_epochs", type=int, default=0,
-                   help="epochs with a frozen image backbone (raw-image backbones only; "
-                   "precomputed features have none)")
+                   help="accepted for VSE∞ compatibility, no effect here: it freezes a raw-image "
+                   "backbone, and precomputed region features have none")
     g.add_argument("--input_scale_factor", type=float, default=1.0,
-                   help="raw-image input scale (raw-image backbones only)")
+                   help="accepted for VSE∞ compatibility, no effect here (raw-image input scale)")
 
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--model_name", default="runs/toy", help="folder for checkpoints and the log")
@@ -148,7 +194,10 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--log_step", type=int, default=200, help="log every N steps")
     g.add_argument("--resume", default="", help="checkpoint to resume from")
     g.add_argument("--reset_start_epoch", action="store_true",
-                   help="with --resume: load weights only and start at epoch 0")
+                   help="with --resume: load weights only and start a new run at epoch 0")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of an earlier run in --model_name (without it, "
+                   "such a folder is refused unless --resume continues that run)")
     g.add_argument("--val_precision", default="auto", choices=PRECISIONS,
                    help="precision of the per-epoch validation")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")

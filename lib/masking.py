@@ -20,5 +20,5 @@ def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x (N, K, D)`` over the positions where ``mask (N, K)`` is True: ``(N, D)``."""
-    weights = mask.unsqueeze(-1).to(x.dtype)
-    return (x * weights).sum(1) / weights.sum(1).clamp_min(1)
+    total = x.masked_fill(~mask.unsqueeze(-1), 0).sum(1)  # padding never enters, even inf/NaN
+    return total / mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)

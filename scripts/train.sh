@@ -15,7 +15,7 @@ case "$DATASET" in
   toy)
     # Small and CPU-friendly: BiGRU text side (no pretrained weights needed), 256-d features.
     exec $PYTHON train.py --config "$CONFIG" --data_path data/toy --data_name toy \
-      --vocab_path data/vocab --text_enc_type bigru --img_dim 256 --embed_size 256 \
+      --text_enc_type bigru --img_dim 256 --embed_size 256 \
       --word_dim 128 --batch_size 128 --num_epochs 4 --lr_update 3 --learning_rate 5e-4 \
       --margin 0.05 --vse_mean_warmup_epochs 1 --drop --workers 2 --log_step 20 \
       --model_name "$RUN" "$@"

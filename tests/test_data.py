@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -163,4 +165,8 @@ def test_bad_vocabulary_file(tmp_path):
     path = tmp_path / "v.json"
     path.write_text('{"words": []}')
     with pytest.raises(DataError, match="v.json: expected a SCAN vocabulary"):
+        Vocabulary.load(path)
+    bad_order = {"idx2word": {"0": "<start>", "1": "<pad>", "2": "<end>", "3": "<unk>"}}
+    path.write_text(json.dumps(bad_order))
+    with pytest.raises(DataError, match="v.json: vocabulary must map '<pad>' to 0"):
         Vocabulary.load(path)

@@ -14,7 +14,10 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from lib.checkpoint import BEST, LATEST, load_checkpoint
+from lib.config import parse_train_args
+from lib.data import DataError
 from lib.evaluation import fold_metrics
+from lib.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 # 20 test images x 100 captions: t2i R@K = K/20; i2t R@K = 1 - C(95, K) / C(100, K)
@@ -34,7 +37,7 @@ def _cli(script, *args):
                           text=True, cwd=REPO, env=env, timeout=600)
 
 
-def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
+def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     run = tmp_path / "run"
     done = _cli("train.py", *_train_args(tiny_toy, run, "--num_epochs", "3"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -59,9 +62,20 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path):
     # saved results and an ensemble of identical results reproduce the metrics exactly
     again = eval_cli.main(["--results", str(results), str(results)])
     assert again == pytest.approx(metrics)
+    with pytest.raises(DataError, match="needs 5 x 1000 = 5000 images"):
+        eval_cli.main(["--results", str(results), "--fold5"])  # 20 images are not COCO 5K
+    monkeypatch.setattr(eval_cli, "FOLD_IMAGES", 4)
     folds = eval_cli.main(["--results", str(results), "--fold5"])
-    assert folds == pytest.approx(fold_metrics(saved["sims"]))
+    assert folds == pytest.approx(fold_metrics(saved["sims"], fold_images=4))
     assert folds != pytest.approx(metrics)  # 4-image folds rank differently from 20 images
+
+    # weights that do not fit the stored config: one clear error, not a state-dict dump
+    ckpt = load_checkpoint(run / BEST)
+    ckpt["model"].pop(next(iter(ckpt["model"])))
+    torch.save(ckpt, tmp_path / "edited.pth")
+    with pytest.raises(DataError, match="edited.pth: the weights do not fit"):
+        eval_cli.main(["--model_path", str(tmp_path / "edited.pth"), "--split", "test",
+                       "--no_progress"])
 
 
 def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
@@ -75,6 +89,26 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     assert a["best"] == b["best"] and a["best"]["rsum"] > 0
+
+    # the finished run is not written over by a new run, nor resumed into a different model
+    with pytest.raises(DataError, match="already holds a run"):
+        train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3"))
+    with pytest.raises(DataError, match=r"different model: --embed_size 256 \(now 128\)"):
+        train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--embed_size", "128",
+                                   "--resume", str(split / LATEST)))
+
+
+def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
+    run = tmp_path / "run"
+    train_cli.main(_train_args(tiny_toy, run, "--num_epochs", "1"))
+    args = parse_train_args(_train_args(tiny_toy, run, "--weight_decay", "0.05",
+                                        "--resume", str(run / LATEST)))
+    _, vocab, _ = train_cli.prepare_data(args)
+    model, _ = build_model(args, vocab)
+    optimizer = train_cli.build_optimizer(model, args)
+    assert train_cli.resume(args, model, optimizer, vocab)[0] == 1
+    assert optimizer.state  # Adam moments restored ...
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05]  # ... flags kept
 
 
 def test_bert_path_trains_end_to_end(tiny_toy, tmp_path, minilm_path):
@@ -96,7 +130,8 @@ def test_named_configurations_beat_chance(tiny_toy, tmp_path, config):
 
 
 @pytest.mark.parametrize("problem", ["missing_data", "bad_img_dim", "missing_checkpoint",
-                                     "corrupt_checkpoint", "missing_bert", "unnamed_bert"])
+                                     "corrupt_checkpoint", "missing_bert", "unnamed_bert",
+                                     "existing_run", "no_full_batch"])
 def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
     if problem == "missing_data":
         done = _cli("train.py", "--data_path", str(tmp_path / "nope"), "--data_name", "f30k",
@@ -118,8 +153,25 @@ def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert",
                                              "--bert_path", str(tmp_path / "no-model")))
         expected = "cannot load the tokenizer of"
-    else:  # nothing is downloaded unless the user names a model
+    elif problem == "unnamed_bert":  # nothing is downloaded unless the user names a model
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert"))
         expected = "--text_enc_type bert needs a model"
+    elif problem == "existing_run":
+        (tmp_path / "r").mkdir()
+        (tmp_path / "r" / BEST).write_bytes(b"an earlier run's best model")
+        done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r"))
+        expected = "already holds a run (model_best.pth)"
+        assert (tmp_path / "r" / BEST).read_bytes() == b"an earlier run's best model"
+    else:
+        done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--batch_size", "100000"))
+        expected = "training captions make no full batch of --batch_size 100000"
     assert done.returncode != 0
     assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_split_follows_the_data_folder(tmp_path):
+    (tmp_path / "precomp").mkdir()
+    assert eval_cli.default_split(str(tmp_path), None) == "test"  # Flickr30K layout
+    (tmp_path / "precomp" / "testall_ims.npy").touch()
+    assert eval_cli.default_split(str(tmp_path), None) == "testall"  # COCO: the 5K protocol
+    assert eval_cli.default_split(str(tmp_path), "f30k") == "test"

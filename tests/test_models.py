@@ -127,6 +127,17 @@ def test_gnn_adjacency_by_hand_excludes_padding():
     assert torch.equal(adj, expected)
 
 
+def test_gnn_adjacency_is_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    # pairs of tokens whose cosines sit within bf16 rounding of the 0.5 threshold
+    tokens = torch.randn(4, 64, 16, generator=g)
+    tokens[:, 1::2] = 0.5 * tokens[:, ::2] + 0.86 * torch.randn(4, 32, 16, generator=g)
+    mask = torch.ones(4, 64, dtype=torch.bool)
+    exact = token_adjacency(tokens, mask, threshold=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(token_adjacency(tokens, mask, threshold=0.5), exact)
+
+
 def test_gnn_padding_and_batch_independence():
     gnn = TokenGraph(32, hidden=16, threshold=0.1)
     x, mask, _ = _regions()
@@ -207,3 +218,17 @@ def test_optimizer_holds_every_learnable_parameter():
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer
     assert model.sim.mix_logit is not None
+
+
+def test_global_coding_pools_raw_features_then_normalises():
+    """VSE∞: GPO sorts the unnormalised features; only the pooled vector is unit length."""
+    model, _ = build_model(_args("vse"), vocab=VOCAB)
+    model.eval()
+    images, img_lens, captions, cap_lens = _batch()
+    with torch.no_grad():
+        regions = model.img_enc(images, img_lens)
+        pooled, lens = model.encode_images(images, img_lens)
+    valid = torch.arange(7)[None] < img_lens[:, None]
+    assert not torch.allclose(regions.norm(dim=-1)[valid], torch.ones(int(valid.sum())))
+    assert torch.equal(lens, torch.ones(4, dtype=torch.long))
+    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(4, 1))

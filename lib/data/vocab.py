@@ -73,7 +73,10 @@ class Vocabulary:
                 f"{path}: expected a SCAN vocabulary JSON with 'word2idx' and 'idx2word' "
                 f"(indices 0..N-1), could not read it: {err!r}"
             ) from None
-        return cls(words)
+        try:
+            return cls(words)
+        except ValueError as err:
+            raise DataError(f"{path}: {err}") from None
 
     def to_json(self, include_mask: bool = False) -> dict:
         words = [w for w in self.idx2word if include_mask or w != MASK_TOKEN]

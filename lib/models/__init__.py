@@ -30,25 +30,28 @@ def build_model(args, vocab: Vocabulary | None = None, pretrained: bool = True):
     if args.fusion == "appm":
         fusion = APPM(args.embed_size, args.fusion_dim, tuple(args.aspp_rates),
                       tuple(args.ppm_bins), spatial_dims=1)
+    # global coding (VSE∞): pool the raw region/token features, normalise only the pooled vector
+    pooled = args.coding_type == "global"
     img_enc = PrecompImageEncoder(args.img_dim, args.embed_size, args.precomp_enc_type,
-                                  no_imgnorm=args.no_imgnorm, fusion=fusion)
+                                  no_imgnorm=args.no_imgnorm or pooled, fusion=fusion)
     graph = TokenGraph(args.embed_size, args.gnn_hidden, args.gnn_threshold) \
         if args.text_gnn else None
     if args.text_enc_type == "bigru":
         if vocab is None:
             raise ValueError("the BiGRU text encoder needs a vocabulary")
         txt_enc = GRUTextEncoder(len(vocab), args.word_dim, args.embed_size, args.num_layers,
-                                 no_txtnorm=args.no_txtnorm, graph=graph)
+                                 no_txtnorm=args.no_txtnorm or pooled, graph=graph)
         if pretrained and args.wemb_type == "glove":
             txt_enc.load_word_vectors(args.wemb_path, vocab)
     elif args.text_enc_type == "bert":
-        txt_enc = BertTextEncoder(args.bert_path, args.embed_size, no_txtnorm=args.no_txtnorm,
-                                  graph=graph, pretrained=pretrained)
+        txt_enc = BertTextEncoder(args.bert_path, args.embed_size,
+                                  no_txtnorm=args.no_txtnorm or pooled, graph=graph,
+                                  pretrained=pretrained)
     else:
         raise ValueError(f"unknown --text_enc_type {args.text_enc_type!r} (bigru|bert)")
     sim = Similarity(args.coding_type, args.pooling_type, args.alpha, args.belta)
     img_pool = txt_pool = None
-    if args.coding_type == "global":
+    if pooled:
         pool = {"gpo": GPO, "mean": MeanPool}[args.global_pool]
         img_pool, txt_pool = pool(), pool()
     return ImageTextModel(img_enc, txt_enc, sim, img_pool, txt_pool), build_criterion(args)

@@ -7,6 +7,8 @@ from torch import nn
 
 from ..masking import masked_mean
 
+ATTENTION_HEADS = 8  # heads of the region self-attention (the embedding width must divide)
+
 
 class SelfAttentionBlock(nn.Module):
     """Pre-norm multi-head self-attention over regions with a key-padding mask, residual.
@@ -15,7 +17,7 @@ class SelfAttentionBlock(nn.Module):
     block starts close to the identity and region identity survives early hard-negative training.
     """
 
-    def __init__(self, dim: int, heads: int = 8, dropout: float = 0.1):
+    def __init__(self, dim: int, heads: int = ATTENTION_HEADS, dropout: float = 0.1):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
@@ -32,8 +34,9 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 16):
         super().__init__()
-        self.gate = nn.Sequential(nn.Linear(dim, dim // reduction), nn.ReLU(inplace=True),
-                                  nn.Linear(dim // reduction, dim), nn.Sigmoid())
+        hidden = max(1, dim // reduction)
+        self.gate = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, dim), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         squeezed = masked_mean(x, mask)  # (B, D)
@@ -43,7 +46,7 @@ class SqueezeExcitation(nn.Module):
 class SASE(nn.Module):
     """SASE: masked multi-head self-attention over regions, then squeeze-and-excitation."""
 
-    def __init__(self, dim: int, heads: int = 8):
+    def __init__(self, dim: int, heads: int = ATTENTION_HEADS):
         super().__init__()
         self.attention = SelfAttentionBlock(dim, heads)
         self.excitation = SqueezeExcitation(dim)

@@ -22,7 +22,8 @@ from ..masking import l2norm
 
 def token_adjacency(x: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """``(B, L, D)`` tokens, ``(B, L)`` mask -> ``(B, L, L)`` bool adjacency (no gradient)."""
-    with torch.no_grad():
+    # float32 even under autocast: a bf16 cosine near the threshold would flip edges
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         unit = l2norm(x.float())
         similar = unit @ unit.transpose(1, 2) > threshold  # (B, L, L)
         eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..masking import l2norm, length_mask
-from .context import SASE, SelfAttentionBlock
+from .context import ATTENTION_HEADS, SASE, SelfAttentionBlock
 
 IMAGE_ENCODERS = ("basic", "selfattention", "sase")
 
@@ -35,7 +35,8 @@ class PrecompImageEncoder(nn.Module):
     """FC projection (+ residual MLP for ``basic``), optional context and fusion, L2 norm."""
 
     def __init__(self, img_dim: int, embed_size: int, enc_type: str = "basic",
-                 no_imgnorm: bool = False, fusion: nn.Module | None = None, heads: int = 8):
+                 no_imgnorm: bool = False, fusion: nn.Module | None = None,
+                 heads: int = ATTENTION_HEADS):
         super().__init__()
         if enc_type not in IMAGE_ENCODERS:
             raise ValueError(f"unknown --precomp_enc_type {enc_type!r}; "
@@ -62,4 +63,4 @@ class PrecompImageEncoder(nn.Module):
             x = self.context(x, mask)
         if self.normalize:
             x = l2norm(x)
-        return x * mask.unsqueeze(-1)
+        return x.masked_fill(~mask.unsqueeze(-1), 0)

@@ -88,4 +88,4 @@ def _finish(x, lengths, graph, normalize):
         x = graph(x, mask)
     if normalize:
         x = l2norm(x)
-    return x * mask.unsqueeze(-1)
+    return x.masked_fill(~mask.unsqueeze(-1), 0)
