@@ -13,6 +13,7 @@ import torch
 from lib.checkpoint import (
     BEST,
     LATEST,
+    carry_best,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -167,6 +168,8 @@ def resume(args, model, optimizer, vocab) -> tuple[int, dict]:
     for group, current in zip(optimizer.param_groups, flags, strict=True):
         group.update(current)  # --weight_decay / --bert_lr_factor of this invocation
     set_rng_state(ckpt["rng"])
+    if carry_best(Path(args.resume).parent, args.model_name):
+        log.info("copied %s into %s", Path(args.resume).parent / BEST, args.model_name)
     log.info("resumed %s at epoch %d (best dev rsum %.2f)", args.resume, ckpt["epoch"],
              ckpt["best"].get("rsum", float("nan")))
     return ckpt["epoch"], ckpt["best"]

@@ -83,6 +83,17 @@ def save_checkpoint(state: dict, folder: str | Path, is_best: bool) -> None:
         atomic_write(latest, lambda dst: shutil.copyfileobj(src, dst))
 
 
+def carry_best(src_folder: str | Path, dst_folder: str | Path) -> bool:
+    """Copy ``model_best.pth`` of a run resumed into another folder, so that folder holds the
+    run's best model even when no later epoch beats it. Returns whether a copy was made."""
+    src, dst = Path(src_folder) / BEST, Path(dst_folder) / BEST
+    if dst.exists() or not src.is_file():
+        return False
+    with src.open("rb") as f:
+        atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+    return True
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():

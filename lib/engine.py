@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def learning_rate_factor(epoch: int, lr_update: int) -> float:
-    """Step decay: x0.1 from epoch ``lr_update`` on (SPEC §4)."""
+    """Step decay as published: x0.1 from epoch ``lr_update`` on."""
     return 0.1 if epoch >= lr_update else 1.0
 
 

@@ -88,11 +88,11 @@ def _block_sims(img_emb, img_lens, cap_emb, cap_lens, coding, pooling, alpha, be
     token_mask = length_mask(cap_lens, n_tok)  # (N_cap, L)
     sims = (img_emb.reshape(-1, dim) @ cap_emb.reshape(-1, dim).t())  # (N_img*R, N_cap*L)
     sims = sims.view(n_img, n_reg, n_cap, n_tok).transpose(1, 2)  # (N_img, N_cap, R, L)
-    values, valid = code(sims, region_mask, token_mask, cap_emb, coding, alpha, mix_logit)
-    return pool(values, valid, pooling, belta)
+    values, valid = apply_coding(sims, region_mask, token_mask, cap_emb, coding, alpha, mix_logit)
+    return apply_pooling(values, valid, pooling, belta)
 
 
-def code(sims, region_mask, token_mask, cap_emb, coding, alpha=0.1, mix_logit=0.0):
+def apply_coding(sims, region_mask, token_mask, cap_emb, coding, alpha=0.1, mix_logit=0.0):
     """Coding step: ``(N_img, N_cap, R, L)`` cosines -> values ``(N_img, N_cap, K)`` and their
     validity mask (broadcastable to the values), K = L for token codings, R for region codings."""
     neg_inf = torch.finfo(sims.dtype).min
@@ -126,7 +126,7 @@ def soft_region_coding(sims, token_mask, cap_emb, alpha):
     return numerator / (sq_norm.clamp_min(0).sqrt() + 1e-8)
 
 
-def pool(values, valid, pooling, belta=0.1):
+def apply_pooling(values, valid, pooling, belta=0.1):
     """Pooling step: ``(N_img, N_cap, K)`` values with a validity mask -> ``(N_img, N_cap)``."""
     valid = valid.expand_as(values)
     if pooling in ("MeanPooling", "SumPooling"):

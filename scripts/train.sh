@@ -22,7 +22,7 @@ case "$DATASET" in
     ;;
   f30k|coco)
     : "${DATA_PATH:?set DATA_PATH to the dataset folder holding precomp/}"
-    # Published recipe (SPEC §4): AdamW 5e-4, BERT-family x0.1, decay x0.1 at epoch 15 of 25,
+    # Published CHAN recipe: AdamW 5e-4, BERT-family x0.1, decay x0.1 at epoch 15 of 25,
     # batch 128, margin 0.05, one warm-up epoch over all negatives, clip 2.0, seed 2022.
     exec $PYTHON train.py --config "$CONFIG" --data_path "$DATA_PATH" --data_name "$DATASET" \
       --num_epochs 25 --lr_update 15 --learning_rate 5e-4 --batch_size 128 --margin 0.05 \

@@ -18,3 +18,5 @@ def test_benchmark_reports_scoring_floor_and_ratio(capsys):
     assert seconds["total"] >= seconds["scoring"]
     ratio = float(re.search(r"ratio total / floor: ([\d.]+)", out).group(1))
     assert ratio > 0 and "peak host memory" in out
+    error = float(re.search(r"float32 CPU reference\| on a corner: ([\d.e+-]+)", out).group(1))
+    assert error < 1e-5

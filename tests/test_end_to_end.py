@@ -90,6 +90,12 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     assert a["best"] == b["best"] and a["best"]["rsum"] > 0
 
+    # resumed into a new folder, the run keeps its best model there
+    moved = tmp_path / "moved"
+    train_cli.main(_train_args(tiny_toy, moved, "--num_epochs", "2", "--resume",
+                               str(split / LATEST)))
+    assert (moved / BEST).read_bytes() == (split / BEST).read_bytes()
+
     # the finished run is not written over by a new run, nor resumed into a different model
     with pytest.raises(DataError, match="already holds a run"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3"))

@@ -1,4 +1,4 @@
-"""SCAN "precomp" data: BUTD region features plus captions (SPEC §2).
+"""SCAN "precomp" data: BUTD region features plus captions (the layout of SCAN, VSE∞ and CHAN).
 
 ``{root}/precomp/{split}_ims.npy`` is float32 ``(N_img, R, img_dim)`` and is memory-mapped (COCO
 train is ~33 GB); ``{split}_caps.txt`` holds one caption per line. Caption ``k`` belongs to image

@@ -1,4 +1,4 @@
-"""Caption tokenizers with train-time caption augmentation (SPEC §3).
+"""Caption tokenizers with train-time caption augmentation (VSE∞ style).
 
 Both tokenizers expose ``encode(caption, generator=None) -> list[int]`` and ``pad_id``. With a
 ``generator`` each word is selected with probability 0.2 and then masked (50%), replaced by random
@@ -31,6 +31,20 @@ def word_actions(num_words: int, generator: torch.Generator, p_select: float = 0
     return actions
 
 
+def apply_actions(ids: list[int], actions: list[int], mask_id: int, vocab_size: int,
+                  generator: torch.Generator) -> list[int]:
+    """Apply one action per token: keep it, mask it, draw a random token, or delete it."""
+    out = []
+    for token, action in zip(ids, actions, strict=True):
+        if action == KEEP:
+            out.append(token)
+        elif action == MASK:
+            out.append(mask_id)
+        elif action == RANDOM:
+            out.append(int(torch.randint(vocab_size, (1,), generator=generator)))
+    return out
+
+
 class VocabTokenizer:
     """Word-level tokenizer for the BiGRU: ``<start> w1 ... wn <end>``."""
 
@@ -42,19 +56,9 @@ class VocabTokenizer:
     def encode(self, caption: str, generator: torch.Generator | None = None) -> list[int]:
         ids = [self.vocab(w) for w in tokenize_words(caption)]
         if generator is not None:
-            ids = self._augment(ids, generator)
+            ids = apply_actions(ids, word_actions(len(ids), generator), self.mask_id,
+                                len(self.vocab), generator)
         return [self.vocab("<start>"), *ids, self.vocab("<end>")]
-
-    def _augment(self, ids: list[int], generator: torch.Generator) -> list[int]:
-        out = []
-        for token, action in zip(ids, word_actions(len(ids), generator), strict=True):
-            if action == KEEP:
-                out.append(token)
-            elif action == MASK:
-                out.append(self.mask_id)
-            elif action == RANDOM:
-                out.append(int(torch.randint(len(self.vocab), (1,), generator=generator)))
-        return out
 
 
 class WordPieceTokenizer:
@@ -87,18 +91,11 @@ class WordPieceTokenizer:
 
     def _augment(self, ids: list[int], word_ids: list[int | None],
                  generator: torch.Generator) -> list[int]:
+        """Draw one action per word and apply it to all of the word's sub-tokens."""
         words = sorted({w for w in word_ids if w is not None})
         action_of = dict(zip(words, word_actions(len(words), generator), strict=True))
-        out = []
-        for token, word in zip(ids, word_ids, strict=True):
-            action = action_of.get(word, KEEP)
-            if action == KEEP:
-                out.append(token)
-            elif action == MASK:
-                out.append(self.mask_id)
-            elif action == RANDOM:
-                out.append(int(torch.randint(self.vocab_size, (1,), generator=generator)))
-        return out
+        actions = [action_of.get(w, KEEP) for w in word_ids]
+        return apply_actions(ids, actions, self.mask_id, self.vocab_size, generator)
 
 
 def resolve_vocab_file(vocab_path: str | Path, data_name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Recall@K ranking metrics on an ``(N_img, N_cap)`` score matrix (SPEC §5), on any device.
+"""Recall@K metrics of an ``(N_img, N_cap)`` score matrix, on any device (VSE∞/CHAN protocol).
 
 Ranks are 0-based positions in a *stable* descending sort: an item tied with the ground truth
 counts as ranked above it only when its index is smaller. With real-valued scores ties are rare;
@@ -90,7 +90,7 @@ def fold_metrics(sims: torch.Tensor | np.ndarray, fold_images: int = 1000, folds
 
 
 def format_metrics(m: dict) -> str:
-    """Lines in the style the anchors print."""
+    """Lines in the style VSE∞ and CHAN print."""
     return "\n".join([
         f"rsum: {m['rsum']:.1f}",
         f"Average i2t Recall: {(m['r1'] + m['r5'] + m['r10']) / 3:.1f}",

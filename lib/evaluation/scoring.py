@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..masking import l2norm, length_mask, masked_mean
 from ..precision import autocast, float32_products, matmul_mode, storage_dtype
-from ..similarity import TOKEN_CODINGS, pool
+from ..similarity import TOKEN_CODINGS, apply_pooling
 
 CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
 
@@ -156,7 +156,8 @@ def _token_coding_scores(sim, images, img_lens, captions, budget, progress):
             # unpack tokens to (n_img, n_cap, L) padded per caption for the pooling
             values = best.new_zeros(len(block), *token_mask.shape)
             values[:, token_mask] = best
-            out[i0:i0 + img_step, c0:c1] = pool(values, token_mask[None], sim.pooling, sim.belta)
+            out[i0:i0 + img_step, c0:c1] = apply_pooling(values, token_mask[None], sim.pooling,
+                                                          sim.belta)
             bar.update()
     bar.close()
     return out
