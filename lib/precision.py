@@ -9,10 +9,13 @@ evaluation embeddings, but scores are float32 (:func:`float32_products`). ``auto
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+log = logging.getLogger(__name__)
 
 
 def resolve(precision: str, device: torch.device) -> str:
@@ -47,14 +50,35 @@ def float32_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     A bfloat16 result keeps 8 significant bits: cosines in [0.5, 1) would take only 128 values,
     so many scores would tie and R@K would depend on the tie rule. On CUDA, cuBLAS takes the
-    bfloat16 inputs and writes float32 (``out_dtype``); elsewhere the inputs are upcast first,
-    which gives the same products.
+    bfloat16 inputs and writes float32 (``out_dtype``); elsewhere, or where that overload fails
+    its one-time check, the inputs are upcast first, which gives the same products.
     """
     if a.dtype == b.dtype == torch.float32:
         return a @ b
-    if a.is_cuda:
+    if a.is_cuda and a.dtype == b.dtype and cuda_out_dtype_works(a.device, a.dtype):
         return torch.mm(a, b, out_dtype=torch.float32)
     return a.float() @ b.float()
+
+
+@functools.cache
+def cuda_out_dtype_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch.mm(..., out_dtype=torch.float32)`` runs on ``device`` and agrees with the
+    upcast product, checked once per device on a small transposed operand (as scoring uses)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(64, 32, generator=g).to(device, dtype)
+    b = torch.randn(48, 32, generator=g).to(device, dtype).t()  # a non-contiguous (32, 48) view
+    try:
+        fast = torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError) as err:
+        log.warning("torch.mm(out_dtype=float32) is unavailable here (%s); bf16 scoring "
+                    "upcasts its blocks instead", err)
+        return False
+    exact = a.double() @ b.double()
+    ok = fast.dtype == torch.float32 and torch.allclose(fast.double(), exact, rtol=0, atol=1e-4)
+    if not ok:
+        log.warning("torch.mm(out_dtype=float32) disagrees with the float64 product on %s; "
+                    "bf16 scoring upcasts its blocks instead", device)
+    return ok
 
 
 def autocast(precision: str, device: torch.device):

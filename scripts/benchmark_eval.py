@@ -27,7 +27,7 @@ from lib.evaluation import PackedSequences, recall_metrics, score_matrix  # noqa
 from lib.evaluation.scoring import block_budget  # noqa: E402
 from lib.masking import l2norm  # noqa: E402
 from lib.models import Similarity  # noqa: E402
-from lib.precision import matmul_mode, storage_dtype  # noqa: E402
+from lib.precision import cuda_out_dtype_works, matmul_mode, storage_dtype  # noqa: E402
 from lib.similarity import CODINGS, POOLINGS  # noqa: E402
 
 
@@ -133,6 +133,9 @@ def main(argv=None):
     print(f"floor (matmul) {floor:8.3f} s   ({flop / floor / 1e12:.2f} TFLOP/s)")
     print(f"ratio total / floor: {total / floor:.2f}")
     print(f"max |score - float32 CPU reference| on a corner: {error:.2e}")
+    if device.type == "cuda" and args.precision == "bf16":
+        fast = cuda_out_dtype_works(device, torch.bfloat16)
+        print(f"bf16 products {'in one mm(out_dtype=float32)' if fast else 'upcast to float32'}")
     if device.type == "cuda":
         print(f"peak device memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     host_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB

@@ -94,3 +94,11 @@ def test_results_of_different_splits_are_refused(tmp_path):
     np.save(tmp_path / "b.npy", {"npts": 2, "sims": np.zeros((2, 10), np.float32)})
     with pytest.raises(ValueError, match="b.npy: shape"):
         eval_cli.main(["--results", str(tmp_path / "a.npy"), str(tmp_path / "b.npy")])
+
+
+def test_missing_out_dtype_overload_falls_back_to_upcasting(caplog):
+    from lib.precision import cuda_out_dtype_works
+
+    # the CPU backend has no mm(out_dtype=...): the one-time check must say so and fall back
+    assert cuda_out_dtype_works(torch.device("cpu"), torch.bfloat16) is False
+    assert "upcasts its blocks instead" in caplog.text
