@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.checkpoint import atomic_write, load_checkpoint
+from lib.checkpoint import atomic_write, load_checkpoint, load_weights
 from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
@@ -76,11 +76,17 @@ def load_results(paths: list[str]) -> np.ndarray:
     return np.mean(matrices, axis=0)
 
 
-def default_split(data_path: str, dataset: str | None) -> str:
-    """The split of the published protocol: COCO 5K ``testall``, else ``test``."""
+def default_split(data_path: str, dataset: str | None, trained_on: str = "") -> str:
+    """The split of the published protocol: COCO 5K ``testall``, else ``test``.
+
+    ``--dataset`` decides when given; otherwise a folder with a ``testall`` split is COCO, and
+    so is any folder when the checkpoint was trained on COCO (a missing ``testall`` is then an
+    error, not a silent 1K evaluation on ``test``).
+    """
     if dataset:
         return DEFAULT_SPLIT.get(dataset, "test")
-    return "testall" if (Path(data_path) / "precomp" / "testall_ims.npy").is_file() else "test"
+    has_testall = (Path(data_path) / "precomp" / "testall_ims.npy").is_file()
+    return "testall" if has_testall or trained_on.removesuffix("_precomp") == "coco" else "test"
 
 
 def load_model(model_path: str, device: torch.device):
@@ -89,20 +95,14 @@ def load_model(model_path: str, device: torch.device):
     cfg = Namespace(**ckpt["config"])
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
     model, _ = build_model(cfg, vocab, pretrained=False)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        first_line = str(err).splitlines()[0]
-        raise DataError(f"{model_path}: the weights do not fit the model its stored config "
-                        f"builds ({first_line}); was the file edited or written by another "
-                        f"version?") from None
+    load_weights(model, ckpt["model"], model_path)
     return model.to(device), cfg, vocab
 
 
 def score_checkpoint(args, device: torch.device) -> torch.Tensor:
     model, cfg, vocab = load_model(args.model_path, device)
     data_path = args.data_path or cfg.data_path
-    split = args.split or default_split(data_path, args.dataset)
+    split = args.split or default_split(data_path, args.dataset, cfg.data_name)
     images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
                                        build_tokenizer(cfg, vocab), args.batch_size, args.workers)
     precision = resolve(args.precision, device)

@@ -15,6 +15,7 @@ from lib.checkpoint import (
     LATEST,
     carry_best,
     load_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -60,15 +61,30 @@ def build_optimizer(model, args):
 
 
 def check_run_folder(args) -> None:
-    """Refuse to write over an earlier run unless asked to, or unless this resumes that run."""
+    """Refuse to write over an earlier run unless asked to, or unless this continues that run
+    from its latest checkpoint (resuming from its ``model_best.pth`` would overwrite the later
+    epochs of ``checkpoint.pth``)."""
     folder = Path(args.model_name)
     found = [name for name in (LATEST, BEST) if (folder / name).is_file()]
-    continues = (args.resume and not args.reset_start_epoch
-                 and Path(args.resume).resolve().parent == folder.resolve())
-    if found and not (args.overwrite or continues):
+    if found and not (args.overwrite or continues_run(args)):
         raise DataError(f"{folder} already holds a run ({', '.join(found)}): continue it with "
                         f"--resume {folder / LATEST}, replace it with --overwrite, or choose "
                         f"another --model_name")
+
+
+def continues_run(args) -> bool:
+    """Whether ``--resume`` continues the run in ``--model_name`` from its latest checkpoint."""
+    return bool(args.resume) and not args.reset_start_epoch and \
+        Path(args.resume).resolve() == (Path(args.model_name) / LATEST).resolve()
+
+
+def discard_previous_run(folder: Path) -> None:
+    """``--overwrite``: remove the earlier run's checkpoints, so that none of them can be taken
+    for this run's (e.g. an old ``model_best.pth`` that this run never beats)."""
+    for name in (LATEST, BEST):
+        if (folder / name).is_file():
+            (folder / name).unlink()
+            log.info("--overwrite: removed the earlier run's %s", folder / name)
 
 
 def prepare_data(args):
@@ -109,9 +125,13 @@ def run(args) -> dict:
     model, criterion = build_model(args, vocab)
     model.to(device)
     optimizer = build_optimizer(model, args)
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)  # read before --overwrite may remove it
+    if args.overwrite and not continues_run(args):
+        discard_previous_run(Path(args.model_name))
     start_epoch, best = 0, {}
     if args.resume:
-        start_epoch, best = resume(args, model, optimizer, vocab)
+        start_epoch, best = resume(args, ckpt, model, optimizer, vocab)
     train_data = train_loader(args, tokenizer, train_split)
     if len(train_data) == 0:
         raise DataError(f"{args.data_path}: {len(train_data.dataset)} training captions make no "
@@ -146,15 +166,15 @@ def run(args) -> dict:
     return best
 
 
-def resume(args, model, optimizer, vocab) -> tuple[int, dict]:
-    """Load a checkpoint; returns the epoch to start at and the best dev metrics so far.
+def resume(args, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
+    """Load checkpoint ``ckpt`` (read from ``args.resume``); returns the epoch to start at and
+    the best dev metrics so far.
 
     The checkpoint must come from the same model (architecture flags and vocabulary); the
     optimiser's state is restored, but its hyperparameters follow the current flags.
     """
-    ckpt = load_checkpoint(args.resume)
     check_same_model(args, vocab, ckpt)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], args.resume)
     if args.reset_start_epoch:
         log.info("loaded weights from %s; starting at epoch 0", args.resume)
         return 0, {}

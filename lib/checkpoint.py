@@ -18,6 +18,9 @@ import torch
 from .data.errors import DataError
 
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
+# Bumped when the same weights would compute something else. 2: the global (VSE∞) coding pools
+# unnormalised region/token features (1 normalised each of them first).
+VERSION = 2
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -75,6 +78,7 @@ def save_checkpoint(state: dict, folder: str | Path, is_best: bool) -> None:
     name a best epoch whose weights a crash kept from reaching ``model_best.pth``.
     """
     latest, best = Path(folder) / LATEST, Path(folder) / BEST
+    state = {**state, "version": VERSION}
     if not is_best:
         atomic_save(state, latest)
         return
@@ -94,6 +98,17 @@ def carry_best(src_folder: str | Path, dst_folder: str | Path) -> bool:
     return True
 
 
+def load_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
+    """``model.load_state_dict`` with a one-line :class:`DataError` naming ``path`` on mismatch."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        first_line = str(err).splitlines()[0]
+        raise DataError(f"{path}: the weights do not fit the model built from its config "
+                        f"({first_line}); was the file edited or written by another "
+                        f"version?") from None
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -105,4 +120,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
         raise DataError(f"{path}: not a CHAN-ASDG checkpoint (expected a dict with 'model' "
                         f"and 'config')")
+    if ckpt.get("version", 1) < 2 and ckpt["config"].get("coding_type") == "global":
+        raise DataError(f"{path}: a global-coding (vse) checkpoint from before version 2, whose "
+                        f"pooling normalised each region and token first; this version would "
+                        f"score it differently, so retrain it")
     return ckpt

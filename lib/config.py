@@ -29,8 +29,10 @@ NAMED_CONFIGS = {
 
 # Flag groups whose values shape the weights or the scores: a resumed run must match them.
 MODEL_GROUPS = ("model", "ASDG modules")
-# Initialisation only: the checkpoint's weights replace whatever they produced.
-INIT_ONLY = ("wemb_type", "wemb_path")
+# Not compared: GloVe initialisation (the checkpoint's weights replace it) and the BERT-family
+# model's location (the same model may be resumed from another folder; a different
+# architecture fails when its weights load).
+NOT_COMPARED = ("wemb_type", "wemb_path", "bert_path")
 
 
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,11 +70,11 @@ def _flag_problem(args) -> str | None:
 
 
 def model_keys(parser: argparse.ArgumentParser | None = None) -> list[str]:
-    """Names of the flags in :data:`MODEL_GROUPS` (plus ``img_dim``), minus :data:`INIT_ONLY`."""
+    """Names of the flags in :data:`MODEL_GROUPS` (plus ``img_dim``), minus :data:`NOT_COMPARED`."""
     parser = parser or train_parser()
     keys = [action.dest for group in parser._action_groups if group.title in MODEL_GROUPS
             for action in group._group_actions]
-    return ["img_dim", *(k for k in keys if k not in INIT_ONLY)]
+    return ["img_dim", *(k for k in keys if k not in NOT_COMPARED)]
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -32,13 +32,9 @@ def storage_dtype(precision: str) -> torch.dtype:
 
 @contextlib.contextmanager
 def matmul_mode(precision: str):
-    """Allow TF32 matmuls inside the block for ``tf32`` and ``bf16``; restore the setting after.
-
-    Under ``bf16`` the float32 matmuls are those of blocks upcast from bfloat16 storage, whose
-    values TF32 (10 mantissa bits) represents exactly.
-    """
+    """Allow TF32 matmuls inside the block for ``tf32`` only; restore the setting after."""
     previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if precision in ("tf32", "bf16") else "highest")
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
     try:
         yield
     finally:

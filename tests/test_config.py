@@ -33,5 +33,6 @@ def test_vocabulary_defaults_to_the_scan_layout():
 
 def test_model_keys_are_the_architecture_flags():
     keys = model_keys()
-    assert {"img_dim", "embed_size", "coding_type", "fusion", "text_gnn", "bert_path"} <= set(keys)
-    assert not {"learning_rate", "batch_size", "wemb_path", "num_epochs"} & set(keys)
+    assert {"img_dim", "embed_size", "coding_type", "fusion", "text_gnn", "text_enc_type"} \
+        <= set(keys)
+    assert not {"learning_rate", "batch_size", "wemb_path", "bert_path", "num_epochs"} & set(keys)

@@ -90,6 +90,14 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     assert a["best"] == b["best"] and a["best"]["rsum"] > 0
 
+    # --overwrite starts afresh: no file of the earlier run survives to be taken for this one's
+    over = tmp_path / "over"
+    train_cli.main(_train_args(tiny_toy, over, "--num_epochs", "1", "--seed", "1"))
+    train_cli.main(_train_args(tiny_toy, over, "--num_epochs", "2", "--resume",
+                               str(split / LATEST), "--overwrite"))  # no epoch left to run
+    assert (over / BEST).read_bytes() == (split / BEST).read_bytes()
+    assert not (over / LATEST).exists()
+
     # resumed into a new folder, the run keeps its best model there
     moved = tmp_path / "moved"
     train_cli.main(_train_args(tiny_toy, moved, "--num_epochs", "2", "--resume",
@@ -99,6 +107,13 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
     # the finished run is not written over by a new run, nor resumed into a different model
     with pytest.raises(DataError, match="already holds a run"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3"))
+    with pytest.raises(DataError, match="already holds a run"):  # would drop epochs after best
+        train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--resume",
+                                   str(split / BEST)))
+    best_bytes = (split / BEST).read_bytes()
+    train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "2", "--resume",
+                               str(split / LATEST), "--overwrite"))  # continuing: nothing lost
+    assert (split / BEST).read_bytes() == best_bytes
     with pytest.raises(DataError, match=r"different model: --embed_size 256 \(now 128\)"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--embed_size", "128",
                                    "--resume", str(split / LATEST)))
@@ -112,7 +127,8 @@ def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
     _, vocab, _ = train_cli.prepare_data(args)
     model, _ = build_model(args, vocab)
     optimizer = train_cli.build_optimizer(model, args)
-    assert train_cli.resume(args, model, optimizer, vocab)[0] == 1
+    ckpt = load_checkpoint(args.resume)
+    assert train_cli.resume(args, ckpt, model, optimizer, vocab)[0] == 1
     assert optimizer.state  # Adam moments restored ...
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05]  # ... flags kept
 
@@ -181,3 +197,5 @@ def test_default_split_follows_the_data_folder(tmp_path):
     (tmp_path / "precomp" / "testall_ims.npy").touch()
     assert eval_cli.default_split(str(tmp_path), None) == "testall"  # COCO: the 5K protocol
     assert eval_cli.default_split(str(tmp_path), "f30k") == "test"
+    (tmp_path / "precomp" / "testall_ims.npy").unlink()
+    assert eval_cli.default_split(str(tmp_path), None, "coco_precomp") == "testall"

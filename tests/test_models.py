@@ -226,9 +226,12 @@ def test_global_coding_pools_raw_features_then_normalises():
     model.eval()
     images, img_lens, captions, cap_lens = _batch()
     with torch.no_grad():
-        regions = model.img_enc(images, img_lens)
-        pooled, lens = model.encode_images(images, img_lens)
-    valid = torch.arange(7)[None] < img_lens[:, None]
-    assert not torch.allclose(regions.norm(dim=-1)[valid], torch.ones(int(valid.sum())))
-    assert torch.equal(lens, torch.ones(4, dtype=torch.long))
-    torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(4, 1))
+        for encoder, encode, x, lens in ((model.img_enc, model.encode_images, images, img_lens),
+                                         (model.txt_enc, model.encode_captions, captions,
+                                          cap_lens)):
+            elements = encoder(x, lens)  # (4, N, D) before pooling
+            pooled, pooled_lens = encode(x, lens)
+            valid = torch.arange(elements.shape[1])[None] < lens[:, None]
+            assert not torch.allclose(elements.norm(dim=-1)[valid], torch.ones(int(valid.sum())))
+            assert torch.equal(pooled_lens, torch.ones(4, dtype=torch.long))
+            torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(4, 1))

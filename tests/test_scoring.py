@@ -100,5 +100,6 @@ def test_missing_out_dtype_overload_falls_back_to_upcasting(caplog):
     from lib.precision import cuda_out_dtype_works
 
     # the CPU backend has no mm(out_dtype=...): the one-time check must say so and fall back
+    cuda_out_dtype_works.cache_clear()
     assert cuda_out_dtype_works(torch.device("cpu"), torch.bfloat16) is False
     assert "upcasts its blocks instead" in caplog.text

@@ -92,9 +92,15 @@ def encode_split(model, image_loader, caption_loader, device: torch.device,
 
 
 def block_budget(device: torch.device, fraction: float = 0.25) -> int:
-    """How many float32 elements one scoring intermediate may hold on ``device``."""
+    """How many float32 elements one scoring intermediate may hold on ``device``.
+
+    On CUDA: ``fraction`` of the free memory, where a cap set with
+    ``torch.cuda.set_per_process_memory_fraction`` counts as the card's size.
+    """
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
+        cap = torch.cuda.get_per_process_memory_fraction(device) * total
+        free = min(free, cap - torch.cuda.memory_reserved(device))
         return max(2**20, int(free * fraction) // 4)
     return CPU_BLOCK_ELEMENTS
 
@@ -176,6 +182,7 @@ def _caption_ranges(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, i
 
 
 def _region_coding_scores(sim, images, img_lens, captions, budget, progress):
+    images = images.float()  # blocks are scored in float32 whatever the storage
     n_img, n_reg, _ = images.shape
     n_cap = len(captions)
     out = torch.empty(n_img, n_cap, device=images.device)
@@ -191,9 +198,9 @@ def _region_coding_scores(sim, images, img_lens, captions, budget, progress):
         cap_step = max(1, budget // (img_step * n_reg * longest))
         idx = order[start:start + cap_step]
         caps, lens = captions.to_padded(idx)  # (n_cap, L, D)
-        caps = caps.float()  # blocks are scored in float32 whatever the storage
+        caps = caps.float()
         for i0 in range(0, n_img, img_step):
-            out[i0:i0 + img_step, idx] = sim(images[i0:i0 + img_step].float(),
+            out[i0:i0 + img_step, idx] = sim(images[i0:i0 + img_step],
                                              img_lens[i0:i0 + img_step], caps, lens,
                                              max_elements=budget)
         bar.update(len(idx))

@@ -22,9 +22,10 @@ from ..masking import l2norm
 
 def token_adjacency(x: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """``(B, L, D)`` tokens, ``(B, L)`` mask -> ``(B, L, L)`` bool adjacency (no gradient)."""
-    # float32 even under autocast: a bf16 cosine near the threshold would flip edges
+    # float64 whatever the autocast/TF32 setting: a rounded cosine near the threshold would flip
+    # an edge, and training (bf16/tf32) and fp32 evaluation must see the same graph
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-        unit = l2norm(x.float())
+        unit = l2norm(x.double())
         similar = unit @ unit.transpose(1, 2) > threshold  # (B, L, L)
         eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
         pair_valid = mask[:, :, None] & mask[:, None, :]
