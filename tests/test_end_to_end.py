@@ -18,6 +18,7 @@ from lib.config import parse_train_args
 from lib.data import DataError
 from lib.evaluation import fold_metrics
 from lib.models import build_model
+from lib.resume import resume
 
 REPO = Path(__file__).resolve().parents[1]
 # 20 test images x 100 captions: t2i R@K = K/20; i2t R@K = 1 - C(95, K) / C(100, K)
@@ -128,7 +129,7 @@ def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
     model, _ = build_model(args, vocab)
     optimizer = train_cli.build_optimizer(model, args)
     ckpt = load_checkpoint(args.resume)
-    assert train_cli.resume(args, ckpt, model, optimizer, vocab)[0] == 1
+    assert resume(args, ckpt, model, optimizer, vocab)[0] == 1
     assert optimizer.state  # Adam moments restored ...
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05]  # ... flags kept
 

@@ -1,0 +1,98 @@
+"""Run folders and resuming: what a new run may write over, and how a checkpoint continues.
+
+A ``--model_name`` folder that holds a run is never written over silently: only ``--resume
+<folder>/checkpoint.pth`` (continuing it) or ``--overwrite`` (replacing it) may use it. A resumed
+checkpoint must come from the same model; its optimiser state, epoch, best dev metrics and RNG
+state continue where they stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .checkpoint import BEST, LATEST, carry_best, load_checkpoint, load_weights, set_rng_state
+from .config import model_keys
+from .data import DataError
+
+log = logging.getLogger(__name__)
+
+
+def check_run_folder(args) -> None:
+    """Refuse to write over an earlier run unless asked to, or unless this continues that run
+    from its latest checkpoint (resuming from its ``model_best.pth`` would overwrite the later
+    epochs of ``checkpoint.pth``)."""
+    folder = Path(args.model_name)
+    found = [name for name in (LATEST, BEST) if (folder / name).is_file()]
+    if found and not (args.overwrite or continues_run(args)):
+        raise DataError(f"{folder} already holds a run ({', '.join(found)}): continue it with "
+                        f"--resume {folder / LATEST}, replace it with --overwrite, or choose "
+                        f"another --model_name")
+
+
+def continues_run(args) -> bool:
+    """Whether ``--resume`` continues the run in ``--model_name`` from its latest checkpoint."""
+    return bool(args.resume) and not args.reset_start_epoch and \
+        Path(args.resume).resolve() == (Path(args.model_name) / LATEST).resolve()
+
+
+def discard_previous_run(folder: Path) -> None:
+    """``--overwrite``: remove the earlier run's checkpoints, so that none of them can be taken
+    for this run's (e.g. an old ``model_best.pth`` that this run never beats)."""
+    for name in (LATEST, BEST):
+        if (folder / name).is_file():
+            (folder / name).unlink()
+            log.info("--overwrite: removed the earlier run's %s", folder / name)
+
+
+def starting_point(args, model, optimizer, vocab) -> tuple[int, dict]:
+    """The epoch to start at and the best dev metrics so far: a new run, or a resumed one."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None  # before --overwrite removes it
+    if args.overwrite and not continues_run(args):
+        discard_previous_run(Path(args.model_name))
+    return resume(args, ckpt, model, optimizer, vocab) if ckpt else (0, {})
+
+
+def resume(args, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
+    """Load checkpoint ``ckpt`` (read from ``args.resume``); returns the epoch to start at and
+    the best dev metrics so far.
+
+    The checkpoint must come from the same model (architecture flags and vocabulary); the
+    optimiser's state is restored, but its hyperparameters follow the current flags.
+    """
+    check_same_model(args, vocab, ckpt)
+    load_weights(model, ckpt["model"], args.resume)
+    if args.reset_start_epoch:
+        log.info("loaded weights from %s; starting at epoch 0", args.resume)
+        return 0, {}
+    missing = {"optimizer", "rng", "epoch", "best"} - set(ckpt)
+    if missing:
+        raise DataError(f"{args.resume}: cannot resume training, the checkpoint lacks "
+                        f"{sorted(missing)}; use --reset_start_epoch to load its weights only")
+    flags = [{"weight_decay": g["weight_decay"], "lr_factor": g["lr_factor"]}
+             for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, current in zip(optimizer.param_groups, flags, strict=True):
+        group.update(current)  # --weight_decay / --bert_lr_factor of this invocation
+    set_rng_state(ckpt["rng"])
+    if carry_best(Path(args.resume).parent, args.model_name):
+        log.info("copied %s into %s", Path(args.resume).parent / BEST, args.model_name)
+    log.info("resumed %s at epoch %d (best dev rsum %.2f)", args.resume, ckpt["epoch"],
+             ckpt["best"].get("rsum", float("nan")))
+    return ckpt["epoch"], ckpt["best"]
+
+
+def check_same_model(args, vocab, ckpt: dict) -> None:
+    """Raise a :class:`DataError` listing every model flag (and the vocabulary) that differs."""
+    saved = ckpt["config"]
+    diffs = [f"--{key} {saved.get(key)!r} (now {getattr(args, key)!r})" for key in model_keys()
+             if _normal(saved.get(key)) != _normal(getattr(args, key))]
+    if vocab is not None and ckpt.get("vocab") != vocab.idx2word:
+        diffs.append("the BiGRU vocabulary (--vocab_path)")
+    if diffs:
+        raise DataError(f"{args.resume} was trained with a different model: "
+                        f"{'; '.join(diffs)}; pass the checkpoint's values to resume it")
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
