@@ -69,10 +69,9 @@ def _flag_problem(args) -> str | None:
     return None
 
 
-def model_keys(parser: argparse.ArgumentParser | None = None) -> list[str]:
+def model_keys() -> list[str]:
     """Names of the flags in :data:`MODEL_GROUPS` (plus ``img_dim``), minus :data:`NOT_COMPARED`."""
-    parser = parser or train_parser()
-    keys = [action.dest for group in parser._action_groups if group.title in MODEL_GROUPS
+    keys = [action.dest for group in train_parser()._action_groups if group.title in MODEL_GROUPS
             for action in group._group_actions]
     return ["img_dim", *(k for k in keys if k not in NOT_COMPARED)]
 
