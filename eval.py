@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
-from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
+from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, dataset_name, eval_loaders
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
 from lib.precision import PRECISIONS, resolve, resolve_device
@@ -102,6 +102,8 @@ def load_model(model_path: str, device: torch.device):
 def score_checkpoint(args, device: torch.device) -> torch.Tensor:
     model, cfg, vocab = load_model(args.model_path, device)
     data_path = args.data_path or cfg.data_path
+    if args.dataset:
+        dataset_name(data_path, args.dataset)  # a contradicting folder name is an error
     split = args.split or default_split(data_path, args.dataset, cfg.data_name)
     images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
                                        build_tokenizer(cfg, vocab), args.batch_size, args.workers)

@@ -20,7 +20,7 @@ from lib.data import (
     open_split,
     train_loader,
 )
-from lib.data.toy import ensure_toy
+from lib.data.toy import EMBEDDED_ROOT, ensure_toy, is_embedded
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.evaluation import format_metrics
 from lib.models import build_model
@@ -53,13 +53,20 @@ def build_optimizer(model, args):
 
 
 def prepare_data(args):
-    """Build the toy set on first use, check the training split (setting ``args.img_dim`` from
-    it when not given); return the split, the vocabulary (BiGRU) and the tokenizer."""
-    if args.data_name == "toy":
+    """Build the embedded toy set on first use, check the training split (setting
+    ``args.img_dim`` from it when not given); return the split, the vocabulary (BiGRU) and the
+    tokenizer. Nothing is written into any other data folder."""
+    if is_embedded(args.data_path):
         ensure_toy(Path(args.data_path).parent)
+    elif args.data_name == "toy" and not Path(args.data_path).exists():
+        raise DataError(f"data folder not found: {args.data_path}; the toy set is generated on "
+                        f"first use only at {EMBEDDED_ROOT / 'toy'}, write a copy elsewhere "
+                        f"with `python -m lib.data.toy --out {Path(args.data_path).parent}`")
     split = open_split(args.data_path, "train", args.img_dim)
     args.img_dim = split.feature_dim
-    vocab = load_vocab(args.vocab_path, args.data_name) if args.text_enc_type == "bigru" else None
+    vocab = None
+    if args.text_enc_type == "bigru":
+        vocab = load_vocab(args.vocab_path, args.data_name, split)
     return split, vocab, build_tokenizer(args, vocab)
 
 

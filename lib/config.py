@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .data.errors import DataError
+from .data.naming import dataset_name
 from .models.context import ATTENTION_HEADS
 from .models.image import IMAGE_ENCODERS
 from .precision import PRECISIONS
@@ -45,6 +47,10 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     problem = _flag_problem(args)
     if problem:
         parser.error(problem)
+    try:
+        args.data_name = dataset_name(args.data_path, args.data_name)
+    except DataError as err:
+        parser.error(str(err))
     if args.vocab_path is None:  # SCAN layout: DATA_ROOT/{f30k,coco} beside DATA_ROOT/vocab
         args.vocab_path = str(Path(args.data_path).parent / "vocab")
     return args
@@ -57,6 +63,8 @@ def _flag_problem(args) -> str | None:
                 "as distilbert-base-uncased (downloaded), or --config NAME")
     if args.reset_start_epoch and not args.resume:
         return "--reset_start_epoch needs --resume CHECKPOINT"
+    if args.max_caption_tokens < 3:
+        return f"--max_caption_tokens must be at least 3, got {args.max_caption_tokens}"
     if not 0 <= args.obj_drop_rate < 1:
         return f"--obj_drop_rate must be in [0, 1), got {args.obj_drop_rate}"
     for flag in ("batch_size", "log_step", "num_epochs", "embed_size"):
@@ -94,9 +102,12 @@ def train_parser() -> argparse.ArgumentParser:
                    help="named configuration whose settings become the defaults")
     g = p.add_argument_group("data")
     g.add_argument("--data_path", default="data/toy",
-                   help="dataset folder holding precomp/ (e.g. data/f30k)")
-    g.add_argument("--data_name", default="toy", help="f30k | coco | toy (the toy set is "
-                   "generated on first use); selects the vocabulary file name")
+                   help="dataset folder holding precomp/ (e.g. data/f30k); the embedded toy "
+                   "set, and nothing else, is generated on first use at <repository>/data/toy")
+    g.add_argument("--data_name", default=None,
+                   help="f30k | coco | toy | another name; default: the data folder's name "
+                   "(data/f30k -> f30k), and a known folder name that contradicts it is an "
+                   "error; selects the vocabulary file and the default evaluation split")
     g.add_argument("--vocab_path", default=None,
                    help="BiGRU vocabulary: a SCAN JSON file or the folder holding "
                    "{data_name}_precomp_vocab.json (default: vocab/ beside the dataset folder, "
@@ -112,7 +123,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--obj_drop_rate", type=float, default=0.2,
                    help="probability of dropping a region (with --drop)")
     g.add_argument("--max_caption_tokens", type=int, default=128,
-                   help="WordPiece tokens kept per caption, [CLS]/[SEP] included")
+                   help="tokens kept per caption (WordPiece pieces or BiGRU words), "
+                   "[CLS]/[SEP] or <start>/<end> included; longer captions are cut and counted "
+                   "in the log")
 
     g = p.add_argument_group("model")
     g.add_argument("--embed_size", type=int, default=1024, help="joint embedding width")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -17,17 +19,28 @@ from .precomp import (
     collate_images,
     open_split,
 )
-from .text import VocabTokenizer, WordPieceTokenizer, resolve_vocab_file
+from .naming import check_vocab_coverage, check_vocab_name, dataset_name
+from .text import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
 from .vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "DataError", "PrecompSplit", "open_split", "build_tokenizer", "load_vocab",
-    "train_loader", "eval_loaders", "Vocabulary",
+    "train_loader", "eval_loaders", "Vocabulary", "dataset_name",
 ]
 
 
-def load_vocab(vocab_path: str, data_name: str) -> Vocabulary:
-    return Vocabulary.load(resolve_vocab_file(vocab_path, data_name))
+def load_vocab(vocab_path: str, data_name: str, train_split: PrecompSplit | None = None
+               ) -> Vocabulary:
+    """The BiGRU vocabulary of ``data_name``; refused when its file is named after another data
+    set or when it leaves most words of ``train_split``'s captions unknown."""
+    path = resolve_vocab_file(vocab_path, data_name)
+    check_vocab_name(path, data_name)
+    vocab = Vocabulary.load(path)
+    if train_split is not None:
+        check_vocab_coverage(vocab, path, train_split.captions, train_split.caps_path)
+    return vocab
 
 
 def build_tokenizer(args, vocab: Vocabulary | None = None):
@@ -35,14 +48,23 @@ def build_tokenizer(args, vocab: Vocabulary | None = None):
     if args.text_enc_type == "bigru":
         if vocab is None:
             raise ValueError("the BiGRU text encoder needs a vocabulary (--vocab_path)")
-        return VocabTokenizer(vocab)
+        return VocabTokenizer(vocab, max_length=args.max_caption_tokens)
     if not args.bert_path:
         raise DataError("--text_enc_type bert needs a model: --bert_path /local/folder, or a hub "
                         "name such as distilbert-base-uncased (downloaded), or --config NAME")
     return WordPieceTokenizer(args.bert_path, max_length=args.max_caption_tokens)
 
 
+def report_long_captions(split: PrecompSplit, tokenizer) -> int:
+    """Log once how many captions of ``split`` the tokenizer cuts; returns that count."""
+    found = find_long_captions(split.captions, tokenizer, split.caps_path)
+    if found.count:
+        log.warning("%s", found)
+    return found.count
+
+
 def train_loader(args, tokenizer, split: PrecompSplit) -> DataLoader:
+    report_long_captions(split, tokenizer)
     dataset = PairDataset(split, tokenizer, train=True,
                           region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
@@ -54,6 +76,7 @@ def eval_loaders(data_path: str, split_name: str, img_dim: int, tokenizer, batch
                  workers: int) -> tuple[DataLoader, DataLoader, PrecompSplit]:
     """Loaders over the split's images (each once) and captions (in file order)."""
     split = open_split(data_path, split_name, img_dim)
+    report_long_captions(split, tokenizer)
     images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate_images)
     captions = DataLoader(CaptionDataset(split, tokenizer), batch_size=batch_size,

@@ -30,6 +30,7 @@ class PrecompSplit:
     num_images: int
     im_div: int  # captions per image (5 or 1)
     feature_dim: int  # width of one region feature
+    caps_path: Path | None = None  # the caption file, for messages
 
     @property
     def num_captions(self) -> int:
@@ -70,7 +71,7 @@ def open_split(data_path: str | Path, split: str, img_dim: int | None = None) ->
     if split == "dev" and len(captions) > DEV_CAPTIONS:
         captions = captions[:DEV_CAPTIONS]
         num_images = DEV_CAPTIONS // im_div
-    return PrecompSplit(ims_path, captions, num_images, im_div, shape[2])
+    return PrecompSplit(ims_path, captions, num_images, im_div, shape[2], caps_path)
 
 
 def _feature_shape(path: Path) -> tuple[int, ...]:

@@ -1,12 +1,15 @@
 """Caption tokenizers with train-time caption augmentation (VSE∞ style).
 
-Both tokenizers expose ``encode(caption, generator=None) -> list[int]`` and ``pad_id``. With a
-``generator`` each word is selected with probability 0.2 and then masked (50%), replaced by random
-tokens (10%) or deleted (40%); WordPiece models treat a word's sub-tokens together.
+Both tokenizers expose ``encode(caption, generator=None) -> list[int]``, ``count(caption)``,
+``pad_id`` and ``max_length``. With a ``generator`` each word is selected with probability 0.2
+and then masked (50%), replaced by random tokens (10%) or deleted (40%); WordPiece models treat a
+word's sub-tokens together. Every caption is cut to ``max_length`` tokens, the two wrapping tokens
+included, so one overlong line cannot blow up a batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,17 +51,22 @@ def apply_actions(ids: list[int], actions: list[int], mask_id: int, vocab_size: 
 class VocabTokenizer:
     """Word-level tokenizer for the BiGRU: ``<start> w1 ... wn <end>``."""
 
-    def __init__(self, vocab: Vocabulary):
+    def __init__(self, vocab: Vocabulary, max_length: int = 128):
         self.vocab = vocab
         self.pad_id = vocab("<pad>")
         self.mask_id = vocab(MASK_TOKEN)
+        self.max_length = max_length
 
     def encode(self, caption: str, generator: torch.Generator | None = None) -> list[int]:
         ids = [self.vocab(w) for w in tokenize_words(caption)]
         if generator is not None:
             ids = apply_actions(ids, word_actions(len(ids), generator), self.mask_id,
                                 len(self.vocab), generator)
-        return [self.vocab("<start>"), *ids, self.vocab("<end>")]
+        return [self.vocab("<start>"), *ids[: self.max_length - 2], self.vocab("<end>")]
+
+    def count(self, caption: str) -> int:
+        """Tokens of ``caption`` before the cut, ``<start>``/``<end>`` included."""
+        return len(tokenize_words(caption)) + 2
 
 
 class WordPieceTokenizer:
@@ -89,6 +97,10 @@ class WordPieceTokenizer:
             ids = self._augment(ids, enc.word_ids(), generator)
         return [self.cls_id, *ids[: self.max_length - 2], self.sep_id]
 
+    def count(self, caption: str) -> int:
+        """Tokens of ``caption`` before the cut, ``[CLS]``/``[SEP]`` included."""
+        return len(self.tokenizer(caption, add_special_tokens=False)["input_ids"]) + 2
+
     def _augment(self, ids: list[int], word_ids: list[int | None],
                  generator: torch.Generator) -> list[int]:
         """Draw one action per word and apply it to all of the word's sub-tokens."""
@@ -96,6 +108,37 @@ class WordPieceTokenizer:
         action_of = dict(zip(words, word_actions(len(words), generator), strict=True))
         actions = [action_of.get(w, KEEP) for w in word_ids]
         return apply_actions(ids, actions, self.mask_id, self.vocab_size, generator)
+
+
+@dataclass
+class LongCaptions:
+    """Captions of one file that are longer than the tokenizer keeps."""
+
+    path: Path
+    max_length: int
+    count: int = 0
+    longest_line: int = 0  # 1-based line number in ``path``
+    longest_tokens: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.path}: {self.count} caption(s) longer than {self.max_length} tokens were "
+                f"cut to {self.max_length} (--max_caption_tokens); the longest, line "
+                f"{self.longest_line}, has {self.longest_tokens}")
+
+
+def find_long_captions(captions: list[str], tokenizer, path: Path) -> LongCaptions:
+    """Which captions ``tokenizer`` cuts. Every token holds at least one non-space character,
+    so only captions with more such characters than the limit are tokenized to check."""
+    found = LongCaptions(path, tokenizer.max_length)
+    for line, caption in enumerate(captions, 1):
+        if len(caption) - caption.count(" ") <= tokenizer.max_length - 2:
+            continue
+        tokens = tokenizer.count(caption)
+        if tokens > tokenizer.max_length:
+            found.count += 1
+            if tokens > found.longest_tokens:
+                found.longest_line, found.longest_tokens = line, tokens
+    return found
 
 
 def resolve_vocab_file(vocab_path: str | Path, data_name: str) -> Path:

@@ -7,6 +7,9 @@ to a blue ball". Objects and colours recur across images, so telling images apar
 region/word alignment the model is about, not a bag-of-objects guess alone.
 
     python -m lib.data.toy --out data      # writes data/toy/precomp/* and data/vocab/toy_*.json
+
+``train.py`` generates it on first use only at the embedded location (``<repository>/data/toy``,
+the default ``--data_path``); anywhere else the command above writes it on request.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
 from .vocab import build_vocab
 
 OBJECTS = ("dog", "cat", "ball", "car", "tree", "bike", "boat", "horse", "bird", "chair",
@@ -30,6 +34,8 @@ SPLIT_SIZES = {"train": 1500, "dev": 500, "test": 1000}
 NUM_REGIONS, FEATURE_DIM = 12, 256
 NOISE, COLOUR_WEIGHT, NO_COLOUR = 2.5, 0.5, 0.3
 VERSION = "2"  # bump when the generator changes so stale copies are rebuilt
+# The embedded toy set lives in the repository's data/ folder; only there is it generated on use.
+EMBEDDED_ROOT = Path(__file__).resolve().parents[2] / "data"
 
 
 def _image(rng, obj_protos, col_protos, background, noise):
@@ -82,10 +88,14 @@ def build_toy(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = No
     ``sizes`` (images per split) and ``noise`` (feature noise level) default to the embedded
     toy set; the tests use a smaller, cleaner variant.
 
-    Files are written to a temporary folder and renamed into place, so an interrupted run never
-    leaves a half-written dataset behind.
+    Only a folder this generator wrote (it holds the ``VERSION`` stamp) is ever replaced; any
+    other ``root/toy`` or vocabulary file in the way stops with a :class:`DataError` and is left
+    untouched. Files are written to a temporary folder and renamed into place, so an interrupted
+    run never leaves a half-written dataset behind.
     """
     root = Path(root)
+    target, vocab_file = root / "toy", root / "vocab" / "toy_precomp_vocab.json"
+    _check_replaceable(target, vocab_file)
     rng = np.random.default_rng(seed)
     obj_protos = rng.standard_normal((len(OBJECTS), FEATURE_DIM)).astype(np.float32)
     col_protos = rng.standard_normal((len(COLOURS), FEATURE_DIM)).astype(np.float32)
@@ -93,6 +103,7 @@ def build_toy(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = No
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".toy-", dir=root))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp creates 0700; the data set is an ordinary folder
         precomp = tmp / "precomp"
         precomp.mkdir()
         train_caps = []
@@ -102,26 +113,50 @@ def build_toy(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = No
             if split == "train":
                 train_caps = caps
         (tmp / "VERSION").write_text(VERSION)
-        vocab_dir = root / "vocab"
-        vocab_dir.mkdir(exist_ok=True)
-        build_vocab(train_caps).save(vocab_dir / "toy_precomp_vocab.json")
-        target = root / "toy"
-        if target.exists():
+        vocab_file.parent.mkdir(exist_ok=True)
+        build_vocab(train_caps).save(vocab_file)
+        if target.exists():  # a stamped copy of another version (checked above)
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return root / "toy"
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_replaceable(target: Path, vocab_file: Path) -> None:
+    """Refuse to replace anything this generator did not write."""
+    stamped = (target / "VERSION").is_file()
+    if target.exists() and not stamped:
+        raise DataError(f"{target} exists and was not written by the toy generator (no VERSION "
+                        f"stamp): it is left untouched; move it away or generate the toy set "
+                        f"under another folder (python -m lib.data.toy --out OTHER)")
+    if vocab_file.exists() and not stamped:
+        raise DataError(f"{vocab_file} exists but {target} is not a generated toy set: the "
+                        f"vocabulary is left untouched; move it away or generate the toy set "
+                        f"under another folder (python -m lib.data.toy --out OTHER)")
+
+
+def is_current(root: str | Path) -> bool:
+    """Whether ``root`` holds an up-to-date generated toy set and its vocabulary."""
+    stamp = Path(root) / "toy" / "VERSION"
+    vocab = Path(root) / "vocab" / "toy_precomp_vocab.json"
+    return stamp.is_file() and stamp.read_text() == VERSION and vocab.is_file()
+
+
+def is_embedded(data_path: str | Path) -> bool:
+    """Whether ``data_path`` is the embedded toy location ``<repository>/data/toy``."""
+    return Path(data_path).resolve() == (EMBEDDED_ROOT / "toy").resolve()
 
 
 def ensure_toy(root: str | Path) -> Path:
     """Build the toy dataset under ``root`` unless an up-to-date copy is already there."""
-    toy = Path(root) / "toy"
-    vocab = Path(root) / "vocab" / "toy_precomp_vocab.json"
-    stamp = toy / "VERSION"
-    if stamp.is_file() and stamp.read_text() == VERSION and vocab.is_file():
-        return toy
-    return build_toy(root)
+    return Path(root) / "toy" if is_current(root) else build_toy(root)
 
 
 def main(argv: list[str] | None = None) -> None:
