@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 import time
 from argparse import Namespace
@@ -58,22 +59,46 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def load_results(paths: list[str]) -> np.ndarray:
-    """Mean score matrix of saved results (an ensemble when several)."""
+    """Mean score matrix of saved results (an ensemble when several).
+
+    A file holds what ``--save_results`` writes (``{"npts": N_img, "sims": (N_img, N_cap)}``,
+    the format of VSE∞ and CHAN) or a plain ``(N_img, N_cap)`` float array saved with
+    ``np.save``.
+    """
     matrices = []
     for path in paths:
-        try:
-            saved = np.load(path, allow_pickle=True).item()
-            sims, npts = np.asarray(saved["sims"], dtype=np.float32), int(saved["npts"])
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise DataError(f"{path}: expected a results file written by eval.py "
-                            f"--save_results (dict with 'npts' and 'sims'): {err!r}") from None
-        if sims.ndim != 2 or sims.shape[0] != npts:
-            raise DataError(f"{path}: 'sims' has shape {sims.shape}, expected ({npts}, N_cap)")
+        sims = _read_score_matrix(Path(path))
         if matrices and sims.shape != matrices[0].shape:
             raise DataError(f"{path}: shape {sims.shape} differs from {paths[0]}'s "
                             f"{matrices[0].shape}; an ensemble needs the same split")
         matrices.append(sims)
     return np.mean(matrices, axis=0)
+
+
+def _read_score_matrix(path: Path) -> np.ndarray:
+    expected = ("expected a .npy file written by eval.py --save_results (a dict with 'npts' and "
+                "'sims') or a plain (N_img, N_cap) score matrix")
+    try:
+        with path.open("rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise DataError(f"{path}: not a .npy file; {expected}")
+        saved = np.load(path, allow_pickle=True)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read it ({err.strerror or err}); {expected}") from None
+    except (ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise DataError(f"{path}: truncated or unreadable ({err}); {expected}") from None
+    if saved.dtype == object and saved.shape == ():
+        saved = saved.item()
+        if not isinstance(saved, dict) or not {"npts", "sims"} <= set(saved):
+            raise DataError(f"{path}: holds a {type(saved).__name__} without 'npts' and 'sims'; "
+                            f"{expected}")
+        sims, npts = np.asarray(saved["sims"], dtype=np.float32), int(saved["npts"])
+    else:
+        sims = np.asarray(saved, dtype=np.float32)
+        npts = sims.shape[0] if sims.ndim == 2 else -1
+    if sims.ndim != 2 or sims.shape[0] != npts:
+        raise DataError(f"{path}: scores of shape {sims.shape} (npts {npts}); {expected}")
+    return sims
 
 
 def default_split(data_path: str, dataset: str | None, trained_on: str = "") -> str:
@@ -105,8 +130,12 @@ def score_checkpoint(args, device: torch.device) -> torch.Tensor:
     if args.dataset:
         dataset_name(data_path, args.dataset)  # a contradicting folder name is an error
     split = args.split or default_split(data_path, args.dataset, cfg.data_name)
-    images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
-                                       build_tokenizer(cfg, vocab), args.batch_size, args.workers)
+    images, captions, opened = eval_loaders(data_path, split, cfg.img_dim,
+                                            build_tokenizer(cfg, vocab), args.batch_size,
+                                            args.workers)
+    if args.fold5 and opened.num_images != 5 * FOLD_IMAGES:  # refuse before any scoring
+        raise DataError(f"--fold5 needs the 5 x {FOLD_IMAGES} = {5 * FOLD_IMAGES} images of COCO "
+                        f"testall, but {data_path} split {split} has {opened.num_images}")
     precision = resolve(args.precision, device)
     start = time.perf_counter()
     sims = score_split(model, images, captions, device, precision, not args.no_progress)
@@ -129,9 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.save_results:
         results = {"npts": sims.shape[0], "sims": sims.cpu().numpy()}
         atomic_write(args.save_results, lambda f: np.save(f, results))
+        print(f"score matrix written to {args.save_results}")
     if args.metrics_out:
         text = (json.dumps(metrics, indent=2) + "\n").encode()
         atomic_write(args.metrics_out, lambda f: f.write(text))
+        print(f"metrics written to {args.metrics_out}")
     return metrics
 
 

@@ -17,7 +17,12 @@ import torch
 
 from .data.errors import DataError
 
+
+class WriteError(DataError):
+    """A result or checkpoint could not be written; the message names the file and the cause."""
+
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
+TEMP_SUFFIX = ".tmp"
 # Bumped when the same weights would compute something else. 2: the global (VSE∞) coding pools
 # unnormalised region/token features (1 normalised each of them first).
 VERSION = 2
@@ -25,22 +30,88 @@ VERSION = 2
 
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it over
-    ``path``: readers see the old file or the complete new one, never a partial one."""
+    ``path``: readers see the old file or the complete new one, never a partial one.
+
+    A failed write (disk full, no permission, file too large) removes the temporary file and
+    raises a :class:`WriteError` naming ``path`` and the cause; ``path`` itself is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # created like any other file (mode 0666 minus the umask), unlike mkstemp's 0600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    recorder = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # created like any other file (mode 0666 minus the umask), unlike mkstemp's 0600
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _ErrorRecordingFile(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        cause = recorder.error if recorder is not None and recorder.error else err
+        raise WriteError(_write_failure(path, cause)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)  # make the rename itself survive a power loss
+
+
+class _ErrorRecordingFile:
+    """A binary file whose failed ``write`` is remembered: ``torch.save`` replaces the
+    ``OSError`` (e.g. "No space left on device") with an opaque ``RuntimeError``."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _write_failure(path: Path, err: Exception) -> str:
+    """One line saying which file could not be written, why, and that the old one survives."""
+    cause = err.strerror if isinstance(err, OSError) and err.strerror else \
+        str(err).strip().splitlines()[0]
+    try:
+        free = shutil.disk_usage(path.parent).free
+        cause += f"; {free / 2**20:.0f} MiB free on that disk"
+    except OSError:
+        pass
+    kept = "the previous file is intact" if path.exists() else "no earlier file existed"
+    return (f"could not write {path} ({cause}); {kept} and no temporary file is left; free "
+            f"space or fix the folder's permissions, then resume")
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed save left in ``folder`` (their process is gone)."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        pid = tmp.name.rsplit(".", 3)[-3]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,12 +1,23 @@
 """Checkpoint and result files: atomic, ordered, never destroying an earlier one."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import lib.checkpoint as checkpoint
-from lib.checkpoint import BEST, LATEST, atomic_write, load_checkpoint, save_checkpoint
+from lib.checkpoint import (
+    BEST,
+    LATEST,
+    WriteError,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from lib.data import DataError
 
 
@@ -18,9 +29,57 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         f.write(b"partial")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(WriteError, match=f"could not write {target} \\(disk full; .* MiB free"
+                                         f".*the previous file is intact"):
         atomic_write(target, crash)
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_disk_full_during_a_checkpoint_save(tmp_path):
+    """A real short write: the child process may write files of at most 64 KiB (ulimit -f)."""
+    save_checkpoint({"model": {"w": torch.zeros(4)}, "config": {}, "epoch": 1}, tmp_path,
+                    is_best=False)
+    before = (tmp_path / LATEST).read_bytes()
+    script = (
+        "import resource, sys, torch\n"
+        "from lib.checkpoint import save_checkpoint\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
+        "try:\n"
+        f"    save_checkpoint({{'model': {{'w': torch.zeros(10**6)}}, 'config': {{}}}}, "
+        f"{str(tmp_path)!r}, is_best=False)\n"
+        "except Exception as err:\n"
+        "    sys.exit(f'{type(err).__name__}: {err}')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"WriteError: could not write {tmp_path / LATEST} (File too "
+                                  f"large; ")
+    assert "the previous file is intact and no temporary file is left" in done.stderr
+    assert (tmp_path / LATEST).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST]
+
+
+def test_permission_denied_names_the_file(tmp_path, monkeypatch):
+    def refuse(path, *args):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint.os, "open", refuse)
+    with pytest.raises(WriteError, match=f"could not write {tmp_path / 'm.json'} \\(Permission "
+                                         f"denied.*no earlier file existed"):
+        atomic_write(tmp_path / "m.json", lambda f: f.write(b"{}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_files_of_killed_saves_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".checkpoint.pth.{dead}.0badc0de.tmp"
+    live = tmp_path / f".checkpoint.pth.{os.getpid()}.12345678.tmp"
+    other = tmp_path / "notes.tmp"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
 
 
 def test_files_get_the_usual_permissions(tmp_path):

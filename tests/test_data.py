@@ -150,14 +150,14 @@ def test_feature_width_mismatch(tmp_path):
 def test_unreadable_captions(tmp_path):
     root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
     (root / "precomp" / "test_caps.txt").write_bytes(b"\xff\xfe\x00bad\n" * 3)
-    with pytest.raises(DataError, match="test_caps.txt: expected UTF-8"):
+    with pytest.raises(DataError, match="test_caps.txt:1: expected UTF-8"):
         open_split(root, "test", 6)
 
 
 def test_unreadable_features(tmp_path):
     root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
     (root / "precomp" / "test_ims.npy").write_bytes(b"not numpy")
-    with pytest.raises(DataError, match="test_ims.npy: not a readable .npy"):
+    with pytest.raises(DataError, match="test_ims.npy: not a .npy file"):
         open_split(root, "test", 6)
 
 
@@ -170,3 +170,58 @@ def test_bad_vocabulary_file(tmp_path):
     path.write_text(json.dumps(bad_order))
     with pytest.raises(DataError, match="v.json: vocabulary must map '<pad>' to 0"):
         Vocabulary.load(path)
+
+
+# -- corrupt feature and caption files --------------------------------------------------------
+def test_features_holding_nan_name_the_first_bad_image(tmp_path):
+    feats = _features(6)
+    feats[4, 2, 1] = np.nan
+    feats[5, 0, 0] = np.inf
+    root = write_precomp(tmp_path, "test", feats, ["c"] * 6)
+    with pytest.raises(DataError, match=r"test_ims.npy: image 4 \(0-based row\) holds NaN"):
+        open_split(root, "test", 6)
+
+
+def test_nan_beyond_the_dev_cut_is_not_read(tmp_path):
+    n = DEV_CAPTIONS // 5 + 2
+    feats = np.zeros((n, 1, 2), np.float32)
+    feats[-1] = np.nan  # image 1,001: outside the 5,000 dev captions that are used
+    root = write_precomp(tmp_path, "dev", feats, ["c"] * (5 * n))
+    assert open_split(root, "dev", 2).num_images == DEV_CAPTIONS // 5
+
+
+def test_text_and_pickled_files_as_features(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
+    ims = root / "precomp" / "test_ims.npy"
+    ims.write_text("0.1 0.2 0.3\n")
+    with pytest.raises(DataError, match=r"test_ims.npy: not a .npy file \(it starts with "
+                                        r"b'0.1 0\.'"):
+        open_split(root, "test", 6)
+    np.save(ims, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="test_ims.npy: holds pickled Python objects"):
+        open_split(root, "test", 6)
+    np.save(ims, _features(3))
+    ims.write_bytes(ims.read_bytes()[:-10])  # truncated copy
+    with pytest.raises(DataError, match="test_ims.npy: truncated or unreadable"):
+        open_split(root, "test", 6)
+
+
+def test_bad_utf8_names_the_line(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["c"] * 3)
+    (root / "precomp" / "test_caps.txt").write_bytes(b"a dog\na cat\nbad \xff byte\n")
+    with pytest.raises(DataError, match=r"test_caps.txt:3: expected UTF-8 .* found the byte "
+                                        r"b'\\xff'"):
+        open_split(root, "test", 6)
+
+
+def test_empty_caption_lines_are_reported(tmp_path, caplog):
+    root = write_precomp(tmp_path, "test", _features(3), ["a dog", "", "a cat"])
+    split = open_split(root, "test", 6)
+    assert split.captions == ["a dog", "", "a cat"]
+    assert "test_caps.txt: 1 empty caption line(s) (line 2)" in caplog.text
+
+
+def test_a_small_dev_split_is_reported(tmp_path, caplog):
+    root = write_precomp(tmp_path, "dev", _features(3), ["c"] * 15)
+    open_split(root, "dev", 6)
+    assert "15 dev captions, fewer than the 5000 of the published protocol" in caplog.text

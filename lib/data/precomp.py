@@ -7,6 +7,8 @@ train is ~33 GB); ``{split}_caps.txt`` holds one caption per line. Caption ``k``
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,12 @@ from torch.utils.data import Dataset
 from .errors import DataError
 from .vocab import read_lines
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "dev", "test", "testall")
+NPY_MAGIC = b"\x93NUMPY"
+CHECK_CHUNK_BYTES = 256 * 2**20  # features read at once by the NaN/inf check
+_FINITE_CHECKED: set[tuple] = set()
 DEV_CAPTIONS = 5000  # validation uses the first 5,000 dev captions (1,000 images)
 
 
@@ -71,17 +78,57 @@ def open_split(data_path: str | Path, split: str, img_dim: int | None = None) ->
     if split == "dev" and len(captions) > DEV_CAPTIONS:
         captions = captions[:DEV_CAPTIONS]
         num_images = DEV_CAPTIONS // im_div
+    elif split == "dev" and len(captions) < DEV_CAPTIONS:
+        log.warning("%s: %d dev captions, fewer than the %d of the published protocol; "
+                    "validation recalls over %d images are not comparable to 1K figures",
+                    caps_path, len(captions), DEV_CAPTIONS, num_images)
+    check_finite(ims_path, num_images)
     return PrecompSplit(ims_path, captions, num_images, im_div, shape[2], caps_path)
 
 
 def _feature_shape(path: Path) -> tuple[int, ...]:
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise DataError(f"{path}: not a .npy file (it starts with {magic!r}, a .npy file with "
+                        f"{NPY_MAGIC!r}); expected float32 features (N_img, regions, dim)")
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as err:
-        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        if "pickled" in str(err) or "Python objects" in str(err):
+            raise DataError(f"{path}: holds pickled Python objects, not a float32 array of "
+                            f"features (N_img, regions, dim)") from None
+        raise DataError(f"{path}: truncated or unreadable .npy array ({err})") from None
     if not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{path}: expected floating-point features, found dtype {arr.dtype}")
     return tuple(arr.shape)
+
+
+def check_finite(path: Path, num_images: int) -> None:
+    """Refuse features holding NaN or infinity, naming the first bad image: a NaN region would
+    otherwise surface an epoch later as a NaN loss, or as a score matrix with no ranking.
+
+    The whole array is read once, in chunks (a memory-mapped training split is read every
+    epoch anyway); results are remembered per file state within the process.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, num_images)
+    if key in _FINITE_CHECKED:
+        return
+    array = np.load(path, mmap_mode="r")
+    step = max(1, CHECK_CHUNK_BYTES // max(1, array[0].nbytes)) if len(array) else 1
+    start = time.perf_counter()
+    for first in range(0, num_images, step):
+        chunk = np.asarray(array[first:min(first + step, num_images)])
+        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        if not finite.all():
+            bad = first + int(np.argmin(finite))
+            raise DataError(f"{path}: image {bad} (0-based row) holds NaN or infinite feature "
+                            f"values; fix or remove it (checked rows 0-{first + len(chunk) - 1})")
+    seconds = time.perf_counter() - start
+    if seconds > 5:
+        log.info("%s: checked %d images for NaN/inf in %.0f s", path, num_images, seconds)
+    _FINITE_CHECKED.add(key)
 
 
 class _Features:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 from nltk.tokenize import NLTKWordTokenizer
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")
 MASK_TOKEN = "<mask>"
@@ -98,16 +101,28 @@ def build_vocab(captions: Iterable[str], min_count: int = 4) -> Vocabulary:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Lines split on newlines only (``str.splitlines`` would also split on form feeds and
-    other separators that real caption files may contain)."""
+    """Caption lines, split on newlines only (``str.splitlines`` would also split on form feeds
+    and other separators that real caption files may contain). An empty line or bytes that are
+    not UTF-8 are refused with the line number; empty lines are kept (an empty caption) and
+    reported with their line numbers."""
     try:
-        text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
-        lines = text.split("\n")
-        return lines[:-1] if lines and lines[-1] == "" else lines
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"caption file not found: {path}") from None
+    try:
+        text = data.decode("utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: expected UTF-8 text with one caption per line ({err})") from None
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: expected UTF-8 text with one caption per line, found "
+                        f"the byte {data[err.start:err.start + 1]!r}") from None
+    lines = text.split("\n")
+    lines = lines[:-1] if lines and lines[-1] == "" else lines
+    empty = [i for i, line in enumerate(lines, 1) if not line.strip()]
+    if empty:
+        shown = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        log.warning("%s: %d empty caption line(s) (line %s), kept as empty captions; check the "
+                    "file if that is unexpected", path, len(empty), shown)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
