@@ -175,7 +175,7 @@ def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
     elif problem == "missing_bert":
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert",
                                              "--bert_path", str(tmp_path / "no-model")))
-        expected = "cannot load the tokenizer of"
+        expected = "no-model: no such model folder; pass --bert_path with a local model"
     elif problem == "unnamed_bert":  # nothing is downloaded unless the user names a model
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert"))
         expected = "--text_enc_type bert needs a model"

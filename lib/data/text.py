@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..pretrained import HINT, resolve_pretrained
 from .errors import DataError
 from .vocab import MASK_TOKEN, Vocabulary, tokenize_words
 
@@ -75,12 +76,13 @@ class WordPieceTokenizer:
     def __init__(self, name_or_path: str, max_length: int = 128):
         from transformers import AutoTokenizer
 
+        source = resolve_pretrained(name_or_path, need_weights=False)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-        except OSError as err:
-            raise DataError(f"cannot load the tokenizer of {name_or_path!r} ({err}); pass a "
-                            f"local model folder with --bert_path, or a hub name with network "
-                            f"access") from None
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                source.name_or_path, use_fast=True, local_files_only=source.local_files_only)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot load the tokenizer of {name_or_path!r} "
+                            f"({str(err).splitlines()[0]}); {HINT}") from None
         if not self.tokenizer.is_fast:
             raise ValueError(f"{name_or_path}: a fast tokenizer (tokenizer.json) is required")
         self.pad_id = self.tokenizer.pad_token_id

@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.errors import DataError
 from ..masking import l2norm, length_mask
+from ..pretrained import HINT, resolve_pretrained
 
 
 class GRUTextEncoder(nn.Module):
@@ -62,15 +63,17 @@ class BertTextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
+        source = resolve_pretrained(bert_path, need_weights=pretrained, need_tokenizer=False)
+        offline = {"local_files_only": source.local_files_only}
         try:
             if pretrained:
-                self.bert = AutoModel.from_pretrained(bert_path)
+                self.bert = AutoModel.from_pretrained(source.name_or_path, **offline)
             else:  # weights come from a checkpoint
-                self.bert = AutoModel.from_config(AutoConfig.from_pretrained(bert_path))
-        except OSError as err:
-            raise DataError(f"cannot load the BERT-family model {bert_path!r} ({err}); pass a "
-                            f"local model folder with --bert_path, or a hub name with network "
-                            f"access") from None
+                config = AutoConfig.from_pretrained(source.name_or_path, **offline)
+                self.bert = AutoModel.from_config(config)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot load the BERT-family model {bert_path!r} "
+                            f"({str(err).splitlines()[0]}); {HINT}") from None
         self.linear = nn.Linear(self.bert.config.hidden_size, embed_size)
         self.graph = graph
         self.normalize = not no_txtnorm
