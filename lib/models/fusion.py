@@ -15,6 +15,20 @@ over it (``spatial_dims=1``); a backbone grid has a real layout and uses the sam
 are zeroed before every convolution (so they read as the zero boundary a shorter sequence would
 have), the global branch and the pyramid bins average valid positions only, normalisation is
 per position (LayerNorm), and padded outputs are zero. No statistic crosses samples.
+
+``SeedAPPM`` is the seed's form (its ``lib/modules.py`` ``ASPP`` and ``PPM`` as wired, commented
+out, in its ``EncoderImagePrecomp``)::
+
+    down   Linear D -> C                                            (B, N, C)
+    ASPP   [1x1 | 3-tap dilated r | global mean -> 1x1], each Conv-BN-ReLU
+           -> concat -> 1x1 Conv-BN-ReLU -> Dropout 0.5, + input    (B, N, C)
+    PPM    [input | pool to b bins -> 1x1 to 32, Conv-BN-ReLU -> linear upsample]
+           -> concat -> 1x1 Conv-BN-ReLU (-> Dropout, 0 in the seed), + input  (B, N, C)
+    up     Linear C -> D, + x                                       (B, N, D)
+
+Its convolutions are masked as above, and every BatchNorm normalises the valid positions only
+(they are packed into rows first), so padding changes neither the statistics in training nor any
+valid output. BatchNorm still couples the samples of a training batch, as in the seed.
 """
 
 from __future__ import annotations
@@ -45,6 +59,28 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, C, *S), (B, *S) -> (B, C) mean over valid positions."""
     m = mask.unsqueeze(1).to(x.dtype)
     return (x * m).flatten(2).sum(-1) / m.flatten(2).sum(-1).clamp_min(1)
+
+
+def _check_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (1, 2):
+        raise ValueError(f"spatial_dims must be 1 (region sequence) or 2 (grid), "
+                         f"got {spatial_dims}")
+    return spatial_dims
+
+
+def _channels_first(h: torch.Tensor, mask: torch.Tensor, dims: int,
+                    shape: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N, C)`` -> ``(B, C, N)`` with mask ``(B, N)``, or for grids ``(B, C, H, W)``
+    with mask ``(B, H, W)``; grids must be complete and ``H * W == N``."""
+    batch, n, _ = h.shape
+    h = h.transpose(1, 2)  # (B, C, N)
+    if dims == 1:
+        return h, mask
+    if shape is None or shape[0] * shape[1] != n:
+        raise ValueError(f"a 2-D APPM needs shape=(H, W) with H*W={n}, got {shape}")
+    if not bool(mask.all()):
+        raise ValueError("a 2-D APPM expects complete grids (no padded cells)")
+    return h.reshape(batch, -1, *shape), mask.view(batch, *shape)
 
 
 def bin_matrices(lengths: torch.Tensor, size: int, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,10 +164,7 @@ class APPM(nn.Module):
     def __init__(self, embed_size: int, fusion_dim: int = 128, rates: tuple[int, ...] = (6, 18),
                  bins: tuple[int, ...] = (1, 2, 4), spatial_dims: int = 1):
         super().__init__()
-        if spatial_dims not in (1, 2):
-            raise ValueError(f"spatial_dims must be 1 (region sequence) or 2 (grid), "
-                             f"got {spatial_dims}")
-        self.dims = spatial_dims
+        self.dims = _check_dims(spatial_dims)
         self.down = nn.Linear(embed_size, fusion_dim)
         self.aspp = ASPP(fusion_dim, tuple(rates), spatial_dims)
         self.ppm = PPM(fusion_dim, tuple(bins), spatial_dims)
@@ -141,16 +174,122 @@ class APPM(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 shape: tuple[int, int] | None = None) -> torch.Tensor:
         """``x (B, N, D)``, ``mask (B, N)``; for grids ``shape=(H, W)`` with ``H * W == N``."""
-        batch, n, _ = x.shape
         h = self.down(x) * mask.unsqueeze(-1)  # (B, N, C)
-        h = h.transpose(1, 2)  # (B, C, N)
-        m = mask
-        if self.dims == 2:
-            if shape is None or shape[0] * shape[1] != n:
-                raise ValueError(f"a 2-D APPM needs shape=(H, W) with H*W={n}, got {shape}")
-            if not bool(mask.all()):
-                raise ValueError("a 2-D APPM expects complete grids (no padded cells)")
-            h, m = h.reshape(batch, -1, *shape), mask.view(batch, *shape)
+        h, m = _channels_first(h, mask, self.dims, shape)  # (B, C, *S), (B, *S)
         h = self.ppm(self.aspp(h, m), m)  # (B, C, *S)
         h = h.flatten(2).transpose(1, 2)  # (B, N, C)
         return (x + self.scale * self.up(h)) * mask.unsqueeze(-1)
+
+
+def packed_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BatchNorm of ``x (B, C, *S)`` over its valid positions ``mask (B, *S)`` only.
+
+    The valid positions are packed into rows ``(n_valid, C)``, so the batch statistics and the
+    running-stat updates are those of a batch without padding. Padded positions come out zero.
+    """
+    normed = bn(x.movedim(1, -1)[mask])  # (n_valid, C)
+    out = normed.new_zeros(*mask.shape, normed.shape[-1])  # (B, *S, C)
+    out[mask] = normed
+    return out.movedim(-1, 1)
+
+
+class ConvBNReLU(nn.Module):
+    """The seed's branch unit: bias-free convolution -> BatchNorm (valid positions) -> ReLU."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int, kernel: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv = _conv(dims, c_in, c_out, kernel, dilation)
+        self.bn = nn.BatchNorm1d(c_out)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x (B, C_in, *S)`` zero at padding, ``mask (B, *S)`` -> ``(B, C_out, *S)``."""
+        return F.relu(packed_batch_norm(self.bn, self.conv(x), mask))
+
+
+def _all_valid(x: torch.Tensor) -> torch.Tensor:
+    """Mask ``(B, *S)`` marking every position of a pooled ``x (B, C, *S)`` as valid."""
+    return torch.ones(x.shape[:1] + x.shape[2:], dtype=torch.bool, device=x.device)
+
+
+class SeedASPP(nn.Module):
+    """The seed's ASPP: Conv-BN-ReLU branches, projection, dropout, residual to the input."""
+
+    def __init__(self, channels: int, rates: tuple[int, ...], dims: int, dropout: float = 0.5):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [ConvBNReLU(dims, channels, channels)]
+            + [ConvBNReLU(dims, channels, channels, 3, r) for r in rates])
+        self.pool_branch = ConvBNReLU(dims, channels, channels)
+        self.project = ConvBNReLU(dims, channels * (len(rates) + 2), channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, *S)`` zero at padding -> ``(B, C, *S)`` zero at padding."""
+        outs = [branch(x, mask) for branch in self.branches]  # each (B, C, *S)
+        pooled = _masked_mean(x, mask).view(*x.shape[:2], *([1] * (x.dim() - 2)))  # (B, C, 1..)
+        pooled = self.pool_branch(pooled, _all_valid(pooled))  # BN statistics over the batch
+        outs.append(pooled.expand_as(x))  # padded positions never reach the 1x1 projection
+        return self.dropout(self.project(torch.cat(outs, 1), mask)) + x
+
+
+class SeedPPM(nn.Module):
+    """The seed's PPM: pooled Conv-BN-ReLU branches upsampled, concatenated with the input,
+    projected (Conv-BN-ReLU, optional dropout) and added to the input."""
+
+    def __init__(self, channels: int, bins: tuple[int, ...], dims: int,
+                 branch_channels: int = 32, dropout: float = 0.0):
+        super().__init__()
+        self.bins, self.dims = bins, dims
+        self.branches = nn.ModuleList(
+            ConvBNReLU(dims, channels, branch_channels) for _ in bins)
+        self.project = ConvBNReLU(dims, channels + branch_channels * len(bins), channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, *S)`` zero at padding -> ``(B, C, *S)`` zero at padding."""
+        outs = [x] + [self._level(x, mask, bins, branch)
+                      for bins, branch in zip(self.bins, self.branches, strict=True)]
+        return self.dropout(self.project(torch.cat(outs, 1), mask)) + x
+
+    def _level(self, x: torch.Tensor, mask: torch.Tensor, bins: int,
+               branch: ConvBNReLU) -> torch.Tensor:
+        """One pyramid level: pool the valid part to ``bins``, branch, upsample back."""
+        if self.dims == 1:
+            pool, up = bin_matrices(mask.sum(-1), x.shape[-1], bins)
+            pooled = x @ pool.transpose(1, 2).to(x.dtype)  # (B, C, bins)
+            out = branch(pooled, _all_valid(pooled))  # (B, C', bins)
+            return out @ up.transpose(1, 2).to(out.dtype)  # (B, C', N), zero at padding
+        pooled = F.adaptive_avg_pool2d(x, bins)  # (B, C, bins, bins)
+        out = branch(pooled, _all_valid(pooled))
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class SeedAPPM(nn.Module):
+    """The seed's APPM: ``x + up(PPM(ASPP(down(x))))``, BatchNorm and dropout inside.
+
+    Same constructor order and forward as ``APPM``. ``aspp_dropout`` (0.5) follows the ASPP
+    projection as in the seed; ``ppm_dropout`` defaults to 0 because the seed's ``PPM`` has no
+    dropout (the 0.1 dropouts belong to its unused ``ASPP_PPM`` variant).
+    """
+
+    def __init__(self, embed_size: int, fusion_dim: int = 128, rates: tuple[int, ...] = (6, 18),
+                 bins: tuple[int, ...] = (1, 2, 4), spatial_dims: int = 1,
+                 branch_channels: int = 32, aspp_dropout: float = 0.5, ppm_dropout: float = 0.0):
+        super().__init__()
+        self.dims = _check_dims(spatial_dims)
+        self.down = nn.Linear(embed_size, fusion_dim)
+        self.aspp = SeedASPP(fusion_dim, tuple(rates), spatial_dims, aspp_dropout)
+        self.ppm = SeedPPM(fusion_dim, tuple(bins), spatial_dims, branch_channels, ppm_dropout)
+        self.up = nn.Linear(fusion_dim, embed_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """``x (B, N, D)``, ``mask (B, N)``; for grids ``shape=(H, W)`` with ``H * W == N``."""
+        pad = ~mask.unsqueeze(-1)  # (B, N, 1)
+        h = self.down(x).masked_fill(pad, 0)  # (B, N, C)
+        h, m = _channels_first(h, mask, self.dims, shape)  # (B, C, *S), (B, *S)
+        h = self.ppm(self.aspp(h, m), m).flatten(2).transpose(1, 2)  # (B, N, C)
+        return (x + self.up(h)).masked_fill(pad, 0)  # (B, N, D)
+
+
+APPM_VARIANTS = {"ours": APPM, "seed": SeedAPPM}

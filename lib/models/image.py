@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..masking import l2norm, length_mask
-from .context import ATTENTION_HEADS, SASE, SelfAttentionBlock
+from .context import ATTENTION_HEADS, SASE_VARIANTS, SelfAttentionBlock
 
 IMAGE_ENCODERS = ("basic", "selfattention", "sase")
 
@@ -32,24 +32,40 @@ class PackedMLP(nn.Module):
 
 
 class PrecompImageEncoder(nn.Module):
-    """FC projection (+ residual MLP for ``basic``), optional context and fusion, L2 norm."""
+    """FC projection (+ residual MLP), optional fusion and context, L2 norm.
+
+    ``mlp``: add VSE∞'s residual MLP (Linear-BN-ReLU-Linear) to the FC output; ``None`` (the
+    default) adds it for ``basic`` only, as before. ``mlp=False`` with ``basic`` is CHAN's
+    ``basic`` (one FC layer, its MLP is ``nn.Identity()``).
+    ``sase_variant``: ``"ours"`` or ``"seed"`` squeeze-excitation for ``sase`` (see
+    ``context.py``). ``attn_dropout`` and ``layer_scale`` configure the self-attention block of
+    ``selfattention`` and of both SASE variants; the seed's and CHAN's blocks are
+    ``attn_dropout=0.0, layer_scale=None``.
+    """
 
     def __init__(self, img_dim: int, embed_size: int, enc_type: str = "basic",
                  no_imgnorm: bool = False, fusion: nn.Module | None = None,
-                 heads: int = ATTENTION_HEADS):
+                 heads: int = ATTENTION_HEADS, mlp: bool | None = None,
+                 sase_variant: str = "ours", attn_dropout: float = 0.1,
+                 layer_scale: float | None = 0.1):
         super().__init__()
         if enc_type not in IMAGE_ENCODERS:
             raise ValueError(f"unknown --precomp_enc_type {enc_type!r}; "
                              f"choose from {', '.join(IMAGE_ENCODERS)}")
+        if sase_variant not in SASE_VARIANTS:
+            raise ValueError(f"unknown SASE variant {sase_variant!r}; "
+                             f"choose from {', '.join(SASE_VARIANTS)}")
         self.fc = nn.Linear(img_dim, embed_size)
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        self.mlp = PackedMLP(img_dim, embed_size // 2, embed_size) if enc_type == "basic" else None
+        if mlp is None:
+            mlp = enc_type == "basic"
+        self.mlp = PackedMLP(img_dim, embed_size // 2, embed_size) if mlp else None
         self.fusion = fusion
-        self.context = {"basic": None, "selfattention": SelfAttentionBlock,
-                        "sase": SASE}[enc_type]
-        if self.context is not None:
-            self.context = self.context(embed_size, heads)
+        context = {"basic": None, "selfattention": SelfAttentionBlock,
+                   "sase": SASE_VARIANTS[sase_variant]}[enc_type]
+        self.context = None if context is None else context(
+            embed_size, heads, dropout=attn_dropout, layer_scale=layer_scale)
         self.normalize = not no_imgnorm
 
     def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
