@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.checkpoint import rng_state, save_checkpoint
+from lib.checkpoint import remove_stale_temps, rng_state, save_checkpoint
 from lib.config import parse_train_args
 from lib.data import (
     DataError,
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.logger_name = args.logger_name or str(Path(args.model_name) / "log")
     check_run_folder(args)
     setup_logging(Path(args.model_name))
+    for tmp in remove_stale_temps(args.model_name):
+        log.info("removed %s, left by a save that was killed", tmp)
     try:
         return run(args)
     finally:
