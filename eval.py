@@ -23,6 +23,7 @@ import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
 from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, dataset_name, eval_loaders
+from lib.environment import describe_environment
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
 from lib.precision import PRECISIONS, resolve, resolve_device
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         atomic_write(args.save_results, lambda f: np.save(f, results))
         print(f"score matrix written to {args.save_results}")
     if args.metrics_out:
-        text = (json.dumps(metrics, indent=2) + "\n").encode()
+        record = {**metrics, "environment": describe_environment(device)}
+        text = (json.dumps(record, indent=2) + "\n").encode()
         atomic_write(args.metrics_out, lambda f: f.write(text))
         print(f"metrics written to {args.metrics_out}")
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.checkpoint import remove_stale_temps, rng_state, save_checkpoint
+from lib.checkpoint import atomic_write, remove_stale_temps, rng_state, save_checkpoint
 from lib.config import parse_train_args
 from lib.data import (
     DataError,
@@ -22,6 +23,7 @@ from lib.data import (
 )
 from lib.data.toy import EMBEDDED_ROOT, ensure_toy, is_embedded
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
+from lib.environment import describe_environment
 from lib.evaluation import format_metrics
 from lib.models import build_model
 from lib.precision import resolve, resolve_device
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(Path(args.model_name))
     for tmp in remove_stale_temps(args.model_name):
         log.info("removed %s, left by a save that was killed", tmp)
+    environment = describe_environment(resolve_device(args.device), args.seed)
+    text = (json.dumps(environment, indent=2) + "\n").encode()
+    atomic_write(Path(args.model_name) / "environment.json", lambda f: f.write(text))
     try:
         return run(args)
     finally:

@@ -55,7 +55,8 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     assert "Image to text:" in done.stdout and "Text to image:" in done.stdout
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) == {"r1", "r5", "r10", "medr", "meanr", "r1i", "r5i", "r10i", "medri",
-                            "meanri", "rsum"}
+                            "meanri", "rsum", "environment"}
+    assert metrics["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
     saved = np.load(results, allow_pickle=True).item()
     assert saved["npts"] == 20 and saved["sims"].shape == (20, 100)
     assert metrics["rsum"] > CHANCE_RSUM + 100  # learned something in 3 tiny epochs
