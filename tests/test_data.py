@@ -225,3 +225,14 @@ def test_a_small_dev_split_is_reported(tmp_path, caplog):
     root = write_precomp(tmp_path, "dev", _features(3), ["c"] * 15)
     open_split(root, "dev", 6)
     assert "15 dev captions, fewer than the 5000 of the published protocol" in caplog.text
+
+
+def test_word_tokens_follow_nltk_word_tokenize():
+    """Sentence split first (as nltk.word_tokenize does), so a period inside a caption is a token
+    of its own; known abbreviations keep their period."""
+    from lib.data.vocab import tokenize_words
+
+    assert tokenize_words("A dog runs. A cat sits.") == ["a", "dog", "runs", ".", "a", "cat",
+                                                          "sits", "."]
+    assert tokenize_words("Mr. Smith walks a dog.") == ["mr.", "smith", "walks", "a", "dog", "."]
+    assert tokenize_words("A dog, a cat!") == ["a", "dog", ",", "a", "cat", "!"]

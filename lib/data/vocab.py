@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nltk.tokenize import NLTKWordTokenizer
+from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
 
 from .errors import DataError
 
@@ -27,12 +28,27 @@ log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")
 MASK_TOKEN = "<mask>"
 
+# Abbreviations whose period does not end a sentence (NLTK's trained English Punkt model, which
+# needs a data download, knows these and more; captions rarely hold others).
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "u.s", "e.g",
+                           "i.e", "no", "mt", "ave"})
+
+def _sentence_splitter() -> PunktSentenceTokenizer:
+    params = PunktParameters()
+    params.abbrev_types = set(ABBREVIATIONS)
+    return PunktSentenceTokenizer(params)
+
+
+_sentences = _sentence_splitter()
 _word_tokenizer = NLTKWordTokenizer()
 
 
 def tokenize_words(caption: str) -> list[str]:
-    """Lower-cased Treebank word tokens (the tokenizer behind ``nltk.word_tokenize``, no data)."""
-    return _word_tokenizer.tokenize(caption.lower())
+    """Lower-cased word tokens as ``nltk.word_tokenize`` (which SCAN's vocabularies were built
+    with) gives them, without its data download: Punkt sentence split, then Treebank words per
+    sentence, so a period inside a caption ("a dog. a cat") is a token of its own."""
+    sentences = _sentences.tokenize(caption.lower())
+    return [word for sentence in sentences for word in _word_tokenizer.tokenize(sentence)]
 
 
 class Vocabulary:
@@ -128,7 +144,8 @@ def read_lines(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build a SCAN-format vocabulary JSON.")
     parser.add_argument("--captions", nargs="+", required=True, type=Path,
-                        help="caption files (one caption per line), e.g. train_caps.txt dev_caps.txt")
+                        help="caption files (one caption per line), e.g. train_caps.txt "
+                        "dev_caps.txt")
     parser.add_argument("--out", required=True, type=Path, help="output JSON path")
     parser.add_argument("--min_count", type=int, default=4, help="minimum word frequency")
     args = parser.parse_args(argv)
