@@ -7,7 +7,7 @@ from conftest import write_precomp
 
 from lib.data import DataError, Vocabulary, open_split
 from lib.data.precomp import DEV_CAPTIONS, PairCollate, PairDataset
-from lib.data.text import (
+from lib.data.tokenizers import (
     DELETE,
     KEEP,
     MASK,

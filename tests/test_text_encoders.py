@@ -3,7 +3,7 @@ import torch
 
 from lib.data import DataError, Vocabulary
 from lib.data.precomp import pad_sequences
-from lib.data.text import WordPieceTokenizer
+from lib.data.tokenizers import WordPieceTokenizer
 from lib.models.text import BertTextEncoder, GRUTextEncoder
 
 

@@ -17,7 +17,7 @@ from .precomp import (
     collate_images,
     open_split,
 )
-from .text import VocabTokenizer, WordPieceTokenizer, resolve_vocab_file
+from .tokenizers import VocabTokenizer, WordPieceTokenizer, resolve_vocab_file
 from .vocab import Vocabulary
 
 __all__ = [
