@@ -2,17 +2,17 @@
 
 Components (see docs/MODEL.md): image encoder (``image.py``, with APPM fusion from
 ``fusion.py`` and SASE from ``context.py``), text encoder (``text.py``, with the token graph of
-``graph.py``), optional global pooling (``pooling.py``) and the CHAN similarity (``chan.py``).
+``graph.py``), optional global pooling (``pooling.py``) and the whole model (``model.py``).
 """
 
 from __future__ import annotations
 
 from ..data.vocab import Vocabulary
 from ..losses import build_criterion
-from .chan import ImageTextModel, Similarity
 from .fusion import APPM
 from .graph import TokenGraph
 from .image import PrecompImageEncoder
+from .model import ImageTextModel, Similarity
 from .pooling import GPO, MeanPool
 from .text import BertTextEncoder, GRUTextEncoder
 
