@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
-from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, eval_loaders
+from lib.data import SPLITS, Vocabulary, build_tokenizer, eval_loaders
+from lib.errors import DataError, UserError
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
 from lib.precision import PRECISIONS, resolve, resolve_device
@@ -94,7 +95,7 @@ def load_model(model_path: str, device: torch.device):
     ckpt = load_checkpoint(model_path)
     cfg = Namespace(**ckpt["config"])
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
-    model, _ = build_model(cfg, vocab, pretrained=False)
+    model, _ = build_model(cfg, len(vocab) if vocab else None, pretrained=False)
     load_weights(model, ckpt["model"], model_path)
     return model.to(device), cfg, vocab
 
@@ -137,5 +138,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         main()
-    except (DataError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

@@ -13,7 +13,6 @@ import torch
 from lib.checkpoint import rng_state, save_checkpoint
 from lib.config import parse_train_args
 from lib.data import (
-    DataError,
     build_tokenizer,
     eval_loaders,
     load_vocab,
@@ -22,6 +21,7 @@ from lib.data import (
 )
 from lib.data.toy import ensure_toy
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
+from lib.errors import DataError, UserError
 from lib.evaluation import format_metrics
 from lib.models import build_model
 from lib.precision import resolve, resolve_device
@@ -84,7 +84,8 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
     train_split, vocab, tokenizer = prepare_data(args)
-    model, criterion = build_model(args, vocab)
+    model, criterion = build_model(args, len(vocab) if vocab else None,
+                                   vocab.word2idx if vocab else None)
     model.to(device)
     optimizer = build_optimizer(model, args)
     start_epoch, best = starting_point(args, model, optimizer, vocab)
@@ -132,5 +133,5 @@ def warn_ignored_flags(args) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

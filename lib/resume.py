@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoint import BEST, LATEST, carry_best, load_checkpoint, load_weights, set_rng_state
 from .config import model_keys
-from .data import DataError
+from .errors import CheckpointError, RunFolderError
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ def check_run_folder(args) -> None:
     folder = Path(args.model_name)
     found = [name for name in (LATEST, BEST) if (folder / name).is_file()]
     if found and not (args.overwrite or continues_run(args)):
-        raise DataError(f"{folder} already holds a run ({', '.join(found)}): continue it with "
-                        f"--resume {folder / LATEST}, replace it with --overwrite, or choose "
-                        f"another --model_name")
+        raise RunFolderError(f"{folder} already holds a run ({', '.join(found)}): continue it "
+                             f"with --resume {folder / LATEST}, replace it with --overwrite, or "
+                             f"choose another --model_name")
 
 
 def continues_run(args) -> bool:
@@ -67,8 +67,9 @@ def resume(args, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
         return 0, {}
     missing = {"optimizer", "rng", "epoch", "best"} - set(ckpt)
     if missing:
-        raise DataError(f"{args.resume}: cannot resume training, the checkpoint lacks "
-                        f"{sorted(missing)}; use --reset_start_epoch to load its weights only")
+        raise CheckpointError(f"{args.resume}: cannot resume training, the checkpoint lacks "
+                              f"{sorted(missing)}; use --reset_start_epoch to load its weights "
+                              f"only")
     flags = [{"weight_decay": g["weight_decay"], "lr_factor": g["lr_factor"]}
              for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -83,15 +84,16 @@ def resume(args, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
 
 
 def check_same_model(args, vocab, ckpt: dict) -> None:
-    """Raise a :class:`DataError` listing every model flag (and the vocabulary) that differs."""
+    """Raise a :class:`CheckpointError` listing every model flag (and the vocabulary) that
+    differs."""
     saved = ckpt["config"]
     diffs = [f"--{key} {saved.get(key)!r} (now {getattr(args, key)!r})" for key in model_keys()
              if _normal(saved.get(key)) != _normal(getattr(args, key))]
     if vocab is not None and ckpt.get("vocab") != vocab.idx2word:
         diffs.append("the BiGRU vocabulary (--vocab_path)")
     if diffs:
-        raise DataError(f"{args.resume} was trained with a different model: "
-                        f"{'; '.join(diffs)}; pass the checkpoint's values to resume it")
+        raise CheckpointError(f"{args.resume} was trained with a different model: "
+                              f"{'; '.join(diffs)}; pass the checkpoint's values to resume it")
 
 
 def _normal(value):

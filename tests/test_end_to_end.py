@@ -15,7 +15,7 @@ import eval as eval_cli
 import train as train_cli
 from lib.checkpoint import BEST, LATEST, load_checkpoint
 from lib.config import parse_train_args
-from lib.data import DataError
+from lib.errors import CheckpointError, EvaluationError, RunFolderError
 from lib.evaluation import fold_metrics
 from lib.models import build_model
 from lib.resume import resume
@@ -63,7 +63,7 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     # saved results and an ensemble of identical results reproduce the metrics exactly
     again = eval_cli.main(["--results", str(results), str(results)])
     assert again == pytest.approx(metrics)
-    with pytest.raises(DataError, match="needs 5 x 1000 = 5000 images"):
+    with pytest.raises(EvaluationError, match="needs 5 x 1000 = 5000 images"):
         eval_cli.main(["--results", str(results), "--fold5"])  # 20 images are not COCO 5K
     monkeypatch.setattr(eval_cli, "FOLD_IMAGES", 4)
     folds = eval_cli.main(["--results", str(results), "--fold5"])
@@ -74,7 +74,7 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     ckpt = load_checkpoint(run / BEST)
     ckpt["model"].pop(next(iter(ckpt["model"])))
     torch.save(ckpt, tmp_path / "edited.pth")
-    with pytest.raises(DataError, match="edited.pth: the weights do not fit"):
+    with pytest.raises(CheckpointError, match="edited.pth: the weights do not fit"):
         eval_cli.main(["--model_path", str(tmp_path / "edited.pth"), "--split", "test",
                        "--no_progress"])
 
@@ -106,16 +106,16 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
     assert (moved / BEST).read_bytes() == (split / BEST).read_bytes()
 
     # the finished run is not written over by a new run, nor resumed into a different model
-    with pytest.raises(DataError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3"))
-    with pytest.raises(DataError, match="already holds a run"):  # would drop epochs after best
+    with pytest.raises(RunFolderError, match="already holds a run"):  # would drop epochs after best
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--resume",
                                    str(split / BEST)))
     best_bytes = (split / BEST).read_bytes()
     train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "2", "--resume",
                                str(split / LATEST), "--overwrite"))  # continuing: nothing lost
     assert (split / BEST).read_bytes() == best_bytes
-    with pytest.raises(DataError, match=r"different model: --embed_size 256 \(now 128\)"):
+    with pytest.raises(CheckpointError, match=r"different model: --embed_size 256 \(now 128\)"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--embed_size", "128",
                                    "--resume", str(split / LATEST)))
 
@@ -126,7 +126,7 @@ def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
     args = parse_train_args(_train_args(tiny_toy, run, "--weight_decay", "0.05",
                                         "--resume", str(run / LATEST)))
     _, vocab, _ = train_cli.prepare_data(args)
-    model, _ = build_model(args, vocab)
+    model, _ = build_model(args, len(vocab))
     optimizer = train_cli.build_optimizer(model, args)
     ckpt = load_checkpoint(args.resume)
     assert resume(args, ckpt, model, optimizer, vocab)[0] == 1

@@ -49,11 +49,11 @@ def test_glove_initialisation(tmp_path):
     glove = tmp_path / "glove.txt"
     glove.write_text("dog 1 2 3 4\nzebra 9 9 9 9\ncat 0.5 0 0 -1\n")
     enc = GRUTextEncoder(len(vocab), word_dim=4, embed_size=8)
-    assert enc.load_word_vectors(glove, vocab) == 2
+    assert enc.load_word_vectors(glove, vocab.word2idx) == 2
     torch.testing.assert_close(enc.embed.weight[vocab("dog")], torch.tensor([1.0, 2, 3, 4]))
     torch.testing.assert_close(enc.embed.weight[vocab("cat")], torch.tensor([0.5, 0, 0, -1]))
     wrong_width = GRUTextEncoder(len(vocab), word_dim=300, embed_size=8)
     with pytest.raises(DataError, match=r"glove.txt:1: expected 300 values .* found 4"):
-        wrong_width.load_word_vectors(glove, vocab)
+        wrong_width.load_word_vectors(glove, vocab.word2idx)
     with pytest.raises(DataError, match="needs --wemb_path"):
-        enc.load_word_vectors(tmp_path / "missing.txt", vocab)
+        enc.load_word_vectors(tmp_path / "missing.txt", vocab.word2idx)

@@ -7,7 +7,8 @@ Components (see docs/MODEL.md): image encoder (``image.py``, with APPM fusion fr
 
 from __future__ import annotations
 
-from ..data.vocab import Vocabulary
+from collections.abc import Mapping
+
 from ..losses import build_criterion
 from .fusion import APPM
 from .graph import TokenGraph
@@ -19,12 +20,14 @@ from .text import BertTextEncoder, GRUTextEncoder
 __all__ = ["build_model", "ImageTextModel", "Similarity"]
 
 
-def build_model(args, vocab: Vocabulary | None = None, pretrained: bool = True):
+def build_model(args, vocab_size: int | None = None, word_index: Mapping[str, int] | None = None,
+                pretrained: bool = True):
     """Build ``(model, criterion)`` from parsed training flags.
 
-    ``vocab`` is required for the BiGRU. With ``pretrained=False`` (rebuilding a checkpoint) no
-    pretrained weights are read: the BERT-family model is built from its config and GloVe vectors
-    are skipped, since the checkpoint's state dict replaces them anyway.
+    ``vocab_size`` is required for the BiGRU, and ``word_index`` (word -> row) to initialise it
+    from GloVe. With ``pretrained=False`` (rebuilding a checkpoint) no pretrained weights
+    are read: the BERT-family model is built from its config and GloVe vectors are skipped,
+    since the checkpoint's state dict replaces them anyway.
     """
     fusion = None
     if args.fusion == "appm":
@@ -37,12 +40,14 @@ def build_model(args, vocab: Vocabulary | None = None, pretrained: bool = True):
     graph = TokenGraph(args.embed_size, args.gnn_hidden, args.gnn_threshold) \
         if args.text_gnn else None
     if args.text_enc_type == "bigru":
-        if vocab is None:
-            raise ValueError("the BiGRU text encoder needs a vocabulary")
-        txt_enc = GRUTextEncoder(len(vocab), args.word_dim, args.embed_size, args.num_layers,
+        if vocab_size is None:
+            raise ValueError("the BiGRU text encoder needs a vocabulary size")
+        txt_enc = GRUTextEncoder(vocab_size, args.word_dim, args.embed_size, args.num_layers,
                                  no_txtnorm=args.no_txtnorm or pooled, graph=graph)
         if pretrained and args.wemb_type == "glove":
-            txt_enc.load_word_vectors(args.wemb_path, vocab)
+            if word_index is None:
+                raise ValueError("GloVe initialisation needs the vocabulary's word index")
+            txt_enc.load_word_vectors(args.wemb_path, word_index)
     elif args.text_enc_type == "bert":
         txt_enc = BertTextEncoder(args.bert_path, args.embed_size,
                                   no_txtnorm=args.no_txtnorm or pooled, graph=graph,
