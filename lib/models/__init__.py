@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..losses import build_criterion
+from ..similarity import Similarity, coding_class
 from .fusion import APPM
 from .graph import TokenGraph
 from .image import PrecompImageEncoder
-from .model import ImageTextModel, Similarity
+from .model import ImageTextModel
 from .pooling import GPO, MeanPool
 from .text import BertTextEncoder, GRUTextEncoder
 
@@ -34,7 +35,7 @@ def build_model(args, vocab_size: int | None = None, word_index: Mapping[str, in
         fusion = APPM(args.embed_size, args.fusion_dim, tuple(args.aspp_rates),
                       tuple(args.ppm_bins), spatial_dims=1)
     # global coding (VSE∞): pool the raw region/token features, normalise only the pooled vector
-    pooled = args.coding_type == "global"
+    pooled = coding_class(args.coding_type).pooled_inputs
     img_enc = PrecompImageEncoder(args.img_dim, args.embed_size, args.precomp_enc_type,
                                   no_imgnorm=args.no_imgnorm or pooled, fusion=fusion)
     graph = TokenGraph(args.embed_size, args.gnn_hidden, args.gnn_threshold) \

@@ -6,29 +6,7 @@ import torch
 from torch import nn
 
 from ..masking import l2norm
-from ..similarity import DEFAULT_CHUNK_ELEMENTS, pairwise_sims
-
-
-class Similarity(nn.Module):
-    """Holds the coding/pooling choice and its learnable parameters (so they are optimised and
-    checkpointed), and delegates to :func:`lib.similarity.pairwise_sims`."""
-
-    def __init__(self, coding: str = "VHACoding", pooling: str = "MeanPooling",
-                 alpha: float = 0.1, belta: float = 0.1):
-        super().__init__()
-        self.coding, self.pooling, self.alpha, self.belta = coding, pooling, alpha, belta
-        self.mix_logit = nn.Parameter(torch.zeros(())) if coding == "MixedCoding" else None
-
-    def forward(self, img_emb, img_lens, cap_emb, cap_lens,
-                max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
-        return pairwise_sims(img_emb, img_lens, cap_emb, cap_lens, self.coding, self.pooling,
-                             alpha=self.alpha, belta=self.belta,
-                             mix_logit=0.0 if self.mix_logit is None else self.mix_logit,
-                             max_elements=max_elements)
-
-    def extra_repr(self) -> str:
-        return f"coding={self.coding}, pooling={self.pooling}, alpha={self.alpha}, " \
-               f"belta={self.belta}"
+from ..similarity import Similarity
 
 
 class ImageTextModel(nn.Module):
