@@ -95,7 +95,7 @@ def load_model(model_path: str, device: torch.device):
     ckpt = load_checkpoint(model_path)
     cfg = Namespace(**ckpt["config"])
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
-    model, _ = build_model(cfg, len(vocab) if vocab else None, pretrained=False)
+    model = build_model(cfg, len(vocab) if vocab else None, pretrained=False)
     load_weights(model, ckpt["model"], model_path)
     return model.to(device), cfg, vocab
 

@@ -23,6 +23,7 @@ from lib.data.toy import ensure_toy
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.errors import DataError, UserError
 from lib.evaluation import format_metrics
+from lib.losses import build_criterion
 from lib.models import build_model
 from lib.precision import resolve, resolve_device
 from lib.resume import check_run_folder, starting_point
@@ -84,8 +85,8 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
     train_split, vocab, tokenizer = prepare_data(args)
-    model, criterion = build_model(args, len(vocab) if vocab else None,
-                                   vocab.word2idx if vocab else None)
+    model = build_model(args, len(vocab) if vocab else None, vocab.word2idx if vocab else None)
+    criterion = build_criterion(args)
     model.to(device)
     optimizer = build_optimizer(model, args)
     start_epoch, best = starting_point(args, model, optimizer, vocab)

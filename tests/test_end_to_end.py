@@ -126,7 +126,7 @@ def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
     args = parse_train_args(_train_args(tiny_toy, run, "--weight_decay", "0.05",
                                         "--resume", str(run / LATEST)))
     _, vocab, _ = train_cli.prepare_data(args)
-    model, _ = build_model(args, len(vocab))
+    model = build_model(args, len(vocab))
     optimizer = train_cli.build_optimizer(model, args)
     ckpt = load_checkpoint(args.resume)
     assert resume(args, ckpt, model, optimizer, vocab)[0] == 1

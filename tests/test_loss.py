@@ -16,7 +16,7 @@ def test_sum_over_negatives_by_hand():
 
 
 def test_hardest_negative_by_hand():
-    loss = ContrastiveLoss(margin=0.3, max_violation=True)(SCORES, torch.arange(3))
+    loss = ContrastiveLoss(margin=0.3)(SCORES, torch.arange(3), max_violation=True)
     # row maxima 0.1, 0.1, 0.8; column maxima 0, 0.5, 0.5
     assert loss.item() == pytest.approx(1.0 + 1.0, abs=1e-6)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.config import parse_train_args
 from lib.data import Vocabulary
+from lib.losses import ContrastiveLoss
 from lib.models import build_model
 from lib.models.context import SASE
 from lib.models.fusion import APPM, bin_matrices
@@ -177,11 +178,11 @@ def _batch(seed=0):
 @pytest.mark.parametrize("name", sorted(CONFIG_FLAGS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model, criterion = build_model(_args(name), vocab_size=len(VOCAB))
+    model = build_model(_args(name), vocab_size=len(VOCAB))
     model.train()
-    criterion.max_violation = False  # every pair contributes
     images, img_lens, caps, cap_lens = _batch()
-    criterion(model(images, img_lens, caps, cap_lens), torch.arange(4)).backward()
+    scores = model.score(model(images, img_lens, caps, cap_lens))
+    ContrastiveLoss()(scores, torch.arange(4), max_violation=False).backward()  # every pair
     unused = {"txt_enc.embed.weight"}  # rows of unseen words only; checked separately below
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
@@ -193,18 +194,19 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", ["asdg", "mixed", "vse"])
 def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
     torch.manual_seed(0)
-    model, _ = build_model(_args(name), vocab_size=len(VOCAB))
+    model = build_model(_args(name), vocab_size=len(VOCAB))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))  # move away from any initial value
     save_checkpoint({"model": model.state_dict(), "config": {}}, tmp_path, is_best=True)
     torch.manual_seed(1)
-    fresh, _ = build_model(_args(name), vocab_size=len(VOCAB))
+    fresh = build_model(_args(name), vocab_size=len(VOCAB))
     fresh.load_state_dict(load_checkpoint(tmp_path / "model_best.pth")["model"])
     model.eval()
     fresh.eval()
     batch = _batch(1)
-    torch.testing.assert_close(fresh(*batch), model(*batch), rtol=0, atol=0)
+    torch.testing.assert_close(fresh.score(fresh(*batch)), model.score(model(*batch)), rtol=0,
+                               atol=0)
     for (n1, p1), (_, p2) in zip(model.state_dict().items(), fresh.state_dict().items(),
                                  strict=True):
         assert torch.equal(p1, p2), n1
@@ -213,7 +215,7 @@ def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
 def test_optimizer_holds_every_learnable_parameter():
     import train
 
-    model, _ = build_model(_args("mixed"), vocab_size=len(VOCAB))
+    model = build_model(_args("mixed"), vocab_size=len(VOCAB))
     optimizer = train.build_optimizer(model, _args("mixed"))
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer
@@ -222,7 +224,7 @@ def test_optimizer_holds_every_learnable_parameter():
 
 def test_global_coding_pools_raw_features_then_normalises():
     """VSE∞: GPO sorts the unnormalised features; only the pooled vector is unit length."""
-    model, _ = build_model(_args("vse"), vocab_size=len(VOCAB))
+    model = build_model(_args("vse"), vocab_size=len(VOCAB))
     model.eval()
     images, img_lens, captions, cap_lens = _batch()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Model construction: ``build_model(args) -> (model, criterion)``.
+"""Model construction: ``build_model(args) -> model``.
 
 Components (see docs/MODEL.md): image encoder (``image.py``, with APPM fusion from
 ``fusion.py`` and SASE from ``context.py``), text encoder (``text.py``, with the token graph of
@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..losses import build_criterion
 from ..similarity import Similarity, coding_class
 from .fusion import APPM
 from .graph import TokenGraph
 from .image import PrecompImageEncoder
-from .model import ImageTextModel
+from .model import Embeddings, ImageTextModel
 from .pooling import GPO, MeanPool
 from .text import BertTextEncoder, GRUTextEncoder
 
-__all__ = ["build_model", "ImageTextModel", "Similarity"]
+__all__ = ["build_model", "Embeddings", "ImageTextModel", "Similarity"]
 
 
 def build_model(args, vocab_size: int | None = None, word_index: Mapping[str, int] | None = None,
                 pretrained: bool = True):
-    """Build ``(model, criterion)`` from parsed training flags.
+    """Build the model from parsed training flags.
 
     ``vocab_size`` is required for the BiGRU, and ``word_index`` (word -> row) to initialise it
     from GloVe. With ``pretrained=False`` (rebuilding a checkpoint) no pretrained weights
@@ -60,4 +59,4 @@ def build_model(args, vocab_size: int | None = None, word_index: Mapping[str, in
     if pooled:
         pool = {"gpo": GPO, "mean": MeanPool}[args.global_pool]
         img_pool, txt_pool = pool(), pool()
-    return ImageTextModel(img_enc, txt_enc, sim, img_pool, txt_pool), build_criterion(args)
+    return ImageTextModel(img_enc, txt_enc, sim, img_pool, txt_pool)

@@ -1,6 +1,8 @@
-"""The image-text matching model: two encoders and a CHAN similarity head."""
+"""The image-text matching model: two encoders and the CHAN similarity that scores them."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -9,8 +11,26 @@ from ..masking import l2norm
 from ..similarity import Similarity
 
 
+@dataclass
+class Embeddings:
+    """What the model computes for a batch: both sides embedded, with their valid lengths.
+
+    Padded positions hold zeros. With global pooling (VSE∞) each side is one vector, length 1.
+    """
+
+    images: torch.Tensor  # (B, R', D) region embeddings
+    img_lens: torch.Tensor  # (B,) valid regions
+    captions: torch.Tensor  # (B, L', D) token embeddings
+    cap_lens: torch.Tensor  # (B,) valid tokens
+
+
 class ImageTextModel(nn.Module):
     """``img_enc``: regions -> (B, R, D); ``txt_enc``: tokens -> (B, L, D); ``sim``: scores.
+
+    ``forward`` only encodes; whoever needs scores applies ``sim`` to the embeddings it has
+    (the training step to a batch, evaluation to a whole split), so a loss is not limited to the
+    negatives of one forward call. ``sim`` is a submodule so that its learnable parameters are
+    optimised and checkpointed with the encoders.
 
     With global pooling modules (the VSE∞-style baseline) each side is pooled to a single
     unit vector ``(B, 1, D)`` of length 1, so every coding reduces to their cosine.
@@ -30,11 +50,14 @@ class ImageTextModel(nn.Module):
         """``(B, L)`` ids -> embeddings ``(B, L', D)`` and their lengths ``(B,)``."""
         return _pooled(self.txt_enc(tokens, lengths), lengths, self.txt_pool)
 
-    def forward(self, images, img_lens, captions, cap_lens) -> torch.Tensor:
-        """Batch score matrix ``(B, B)``: rows images, columns captions."""
-        img_emb, img_lens = self.encode_images(images, img_lens)
-        cap_emb, cap_lens = self.encode_captions(captions, cap_lens)
-        return self.sim(img_emb, img_lens, cap_emb, cap_lens)
+    def forward(self, images, img_lens, captions, cap_lens) -> Embeddings:
+        """Both sides of a batch: regions ``(B, R, img_dim)`` and token ids ``(B, L)``."""
+        return Embeddings(*self.encode_images(images, img_lens),
+                          *self.encode_captions(captions, cap_lens))
+
+    def score(self, emb: Embeddings) -> torch.Tensor:
+        """``(B_img, B_cap)`` scores of embedded images against embedded captions."""
+        return self.sim(emb.images, emb.img_lens, emb.captions, emb.cap_lens)
 
     def param_groups(self, lr: float, bert_lr_factor: float, weight_decay: float) -> list[dict]:
         """Pretrained text-transformer weights train at ``lr * bert_lr_factor``."""
