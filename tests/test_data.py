@@ -5,8 +5,14 @@ import pytest
 import torch
 from conftest import write_precomp
 
-from lib.data import DataError, Vocabulary, open_split
-from lib.data.precomp import DEV_CAPTIONS, PairCollate, PairDataset
+from lib.data import Batch, CaptionBatch, DataError, ImageBatch, Vocabulary, open_split
+from lib.data.precomp import (
+    DEV_CAPTIONS,
+    CaptionCollate,
+    PairCollate,
+    PairDataset,
+    collate_images,
+)
 from lib.data.tokenizers import (
     DELETE,
     KEEP,
@@ -41,8 +47,20 @@ def test_five_captions_per_image_and_collate(tmp_path, vocab):
     assert tokens.tolist() == [vocab("<start>"), vocab("a"), vocab("dog"), vocab("<unk>"),
                                vocab("<end>")]
     batch = PairCollate(vocab("<pad>"))([ds[0], ds[14]])
-    assert batch["images"].shape == (2, 4, 6) and batch["img_lens"].tolist() == [4, 4]
-    assert batch["img_ids"].tolist() == [0, 2]
+    assert batch.images.shape == (2, 4, 6) and batch.img_lens.tolist() == [4, 4]
+    assert batch.img_ids.tolist() == [0, 2] and batch.cap_ids.tolist() == [0, 14]
+
+
+def test_batches_move_all_their_tensors_together():
+    batch = PairCollate(pad_id=0)([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 4, 0)])
+    moved = batch.to(torch.device("cpu"), non_blocking=True)
+    assert isinstance(moved, Batch) and moved is not batch
+    for field in ("images", "img_lens", "captions", "cap_lens", "cap_ids", "img_ids"):
+        assert torch.equal(getattr(moved, field), getattr(batch, field)), field
+    images = collate_images([(torch.ones(3, 2), 7)])
+    assert isinstance(images, ImageBatch) and images.img_ids.tolist() == [7]
+    captions = CaptionCollate(pad_id=0)([(torch.tensor([1, 2]), 9)])
+    assert isinstance(captions, CaptionBatch) and captions.cap_ids.tolist() == [9]
 
 
 def test_one_caption_per_image(tmp_path):
@@ -62,9 +80,9 @@ def test_collate_pads_captions_and_regions(vocab):
     collate = PairCollate(pad_id=0)
     batch = collate([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 0, 0),
                      (torch.ones(4, 3), torch.tensor([1, 2]), 1, 1)])
-    assert batch["captions"].tolist() == [[1, 5, 2], [1, 2, 0]]
-    assert batch["cap_lens"].tolist() == [3, 2] and batch["img_lens"].tolist() == [2, 4]
-    assert batch["images"][0, 2:].abs().sum() == 0
+    assert batch.captions.tolist() == [[1, 5, 2], [1, 2, 0]]
+    assert batch.cap_lens.tolist() == [3, 2] and batch.img_lens.tolist() == [2, 4]
+    assert batch.images[0, 2:].abs().sum() == 0
 
 
 def test_train_augmentation_is_deterministic_and_drops_regions(tmp_path, vocab):

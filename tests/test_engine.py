@@ -4,6 +4,7 @@ from argparse import Namespace
 
 import torch
 
+from lib.data.batch import Batch
 from lib.engine import set_learning_rate, train_one_epoch
 from lib.losses import ContrastiveLoss
 from lib.models import Embeddings
@@ -48,20 +49,20 @@ def test_step_decay_and_bert_factor():
 
 
 def test_warmup_sums_negatives_then_takes_the_hardest():
-    batch = {"images": torch.eye(3), "img_lens": torch.ones(3, dtype=torch.long),
-             "captions": torch.eye(3).flip(0), "cap_lens": torch.ones(3, dtype=torch.long),
-             "img_ids": torch.arange(3)}
+    batch = Batch(images=torch.eye(3), img_lens=torch.ones(3, dtype=torch.long),
+                  captions=torch.eye(3).flip(0), cap_lens=torch.ones(3, dtype=torch.long),
+                  cap_ids=torch.arange(3), img_ids=torch.arange(3))
     loader = _Loader(batch)
     args = Namespace(max_violation=False, vse_mean_warmup_epochs=1, grad_clip=2.0, log_step=10,
                      no_progress=True, batch_size=3)
     model, criterion = _Model(), ContrastiveLoss(margin=0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the loss is reproducible
-    scores = batch["images"] @ batch["captions"].t()
+    scores = batch.images @ batch.captions.t()
     warm = train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0, args)
     assert loader.dataset.epoch == 0
-    assert warm["loss"] == criterion(scores, batch["img_ids"], max_violation=False).item()
+    assert warm["loss"] == criterion(scores, batch.img_ids, max_violation=False).item()
     hard = train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 1, args)
     assert loader.dataset.epoch == 1
-    assert hard["loss"] == criterion(scores, batch["img_ids"], max_violation=True).item()
+    assert hard["loss"] == criterion(scores, batch.img_ids, max_violation=True).item()
     assert hard["loss"] != warm["loss"]
     assert "max_violation" not in vars(criterion)  # the switch is an argument, not loss state

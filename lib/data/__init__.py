@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from .batch import Batch, CaptionBatch, ImageBatch
 from .precomp import (
     SPLITS,
     CaptionCollate,
@@ -21,7 +22,7 @@ from .tokenizers import VocabTokenizer, WordPieceTokenizer, resolve_vocab_file
 from .vocab import Vocabulary
 
 __all__ = [
-    "SPLITS", "DataError", "PrecompSplit", "open_split", "build_tokenizer", "load_vocab",
+    "SPLITS", "Batch", "CaptionBatch", "ImageBatch", "DataError", "PrecompSplit", "open_split", "build_tokenizer", "load_vocab",
     "train_loader", "eval_loaders", "Vocabulary",
 ]
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .batch import Batch, CaptionBatch, ImageBatch
 from .errors import DataError
 from .vocab import read_lines
 
@@ -179,15 +180,14 @@ class PairCollate:
         regions, tokens, cap_ids, img_ids = zip(*batch, strict=True)
         images, img_lens = pad_sequences(list(regions))
         captions, cap_lens = pad_sequences(list(tokens), self.pad_id)
-        return {"images": images, "img_lens": img_lens, "captions": captions,
-                "cap_lens": cap_lens, "cap_ids": torch.tensor(cap_ids),
-                "img_ids": torch.tensor(img_ids)}
+        return Batch(images, img_lens, captions, cap_lens, torch.tensor(cap_ids),
+                     torch.tensor(img_ids))
 
 
 def collate_images(batch):
     regions, ids = zip(*batch, strict=True)
     images, lengths = pad_sequences(list(regions))
-    return {"images": images, "img_lens": lengths, "ids": torch.tensor(ids)}
+    return ImageBatch(images, lengths, torch.tensor(ids))
 
 
 class CaptionCollate:
@@ -197,4 +197,4 @@ class CaptionCollate:
     def __call__(self, batch):
         tokens, ids = zip(*batch, strict=True)
         captions, lengths = pad_sequences(list(tokens), self.pad_id)
-        return {"captions": captions, "cap_lens": lengths, "ids": torch.tensor(ids)}
+        return CaptionBatch(captions, lengths, torch.tensor(ids))

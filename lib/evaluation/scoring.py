@@ -76,14 +76,14 @@ def encode_split(model, image_loader, caption_loader, device: torch.device,
     images, img_lens, tokens, cap_lens = [], [], [], []
     with autocast(precision, device):
         for batch in tqdm(image_loader, desc="encode images", disable=not progress, leave=False):
-            emb, lens = model.encode_images(batch["images"].to(device, non_blocking=True),
-                                            batch["img_lens"].to(device))
+            batch = batch.to(device, non_blocking=True)
+            emb, lens = model.encode_images(batch.images, batch.img_lens)
             images.append(emb.to(dtype))
             img_lens.append(lens)
         for batch in tqdm(caption_loader, desc="encode captions", disable=not progress,
                           leave=False):
-            emb, lens = model.encode_captions(batch["captions"].to(device, non_blocking=True),
-                                              batch["cap_lens"].to(device))
+            batch = batch.to(device, non_blocking=True)
+            emb, lens = model.encode_captions(batch.captions, batch.cap_lens)
             packed = PackedSequences.from_padded(emb.to(dtype), lens)
             tokens.append(packed.data)
             cap_lens.append(lens)
