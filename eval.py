@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
+from lib.config import saved_model_config
 from lib.data import SPLITS, Vocabulary, build_tokenizer, eval_loaders
 from lib.errors import DataError, UserError
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
@@ -91,21 +92,23 @@ def default_split(data_path: str, dataset: str | None, trained_on: str = "") -> 
 
 
 def load_model(model_path: str, device: torch.device):
-    """The model of a checkpoint (its config and vocabulary are stored inside) and the config."""
+    """The model of a checkpoint (its model config and vocabulary are stored inside), that
+    config, the training run's flags (data location, tokenizer settings) and the vocabulary."""
     ckpt = load_checkpoint(model_path)
-    cfg = Namespace(**ckpt["config"])
+    cfg = saved_model_config(ckpt, model_path)
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
     model = build_model(cfg, len(vocab) if vocab else None, pretrained=False)
     load_weights(model, ckpt["model"], model_path)
-    return model.to(device), cfg, vocab
+    return model.to(device), cfg, Namespace(**ckpt["config"]), vocab
 
 
 def score_checkpoint(args, device: torch.device) -> torch.Tensor:
-    model, cfg, vocab = load_model(args.model_path, device)
-    data_path = args.data_path or cfg.data_path
-    split = args.split or default_split(data_path, args.dataset, cfg.data_name)
+    model, cfg, flags, vocab = load_model(args.model_path, device)
+    data_path = args.data_path or flags.data_path
+    split = args.split or default_split(data_path, args.dataset, flags.data_name)
     images, captions, _ = eval_loaders(data_path, split, cfg.img_dim,
-                                       build_tokenizer(cfg, vocab), args.batch_size, args.workers)
+                                       build_tokenizer(flags, vocab), args.batch_size,
+                                       args.workers)
     precision = resolve(args.precision, device)
     start = time.perf_counter()
     sims = score_split(model, images, captions, device, precision, not args.no_progress)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lib.checkpoint import rng_state, save_checkpoint
-from lib.config import parse_train_args
+from lib.config import model_config, parse_train_args
 from lib.data import (
     build_tokenizer,
     eval_loaders,
@@ -54,19 +54,17 @@ def build_optimizer(model, args):
 
 
 def prepare_data(args):
-    """Build the toy set on first use, check the training split (setting ``args.img_dim`` from
-    it when not given); return the split, the vocabulary (BiGRU) and the tokenizer."""
+    """Build the toy set on first use, check the training split (against ``--img_dim`` when
+    given); return the split, the vocabulary (BiGRU) and the tokenizer."""
     if args.data_name == "toy":
         ensure_toy(Path(args.data_path).parent)
     split = open_split(args.data_path, "train", args.img_dim)
-    args.img_dim = split.feature_dim
     vocab = load_vocab(args.vocab_path, args.data_name) if args.text_enc_type == "bigru" else None
     return split, vocab, build_tokenizer(args, vocab)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_train_args(argv)
-    args.logger_name = args.logger_name or str(Path(args.model_name) / "log")
     check_run_folder(args)
     setup_logging(Path(args.model_name))
     try:
@@ -85,21 +83,22 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
     train_split, vocab, tokenizer = prepare_data(args)
-    model = build_model(args, len(vocab) if vocab else None, vocab.word2idx if vocab else None)
+    cfg = model_config(args, train_split.feature_dim)
+    model = build_model(cfg, len(vocab) if vocab else None, vocab.word2idx if vocab else None)
     criterion = build_criterion(args)
     model.to(device)
     optimizer = build_optimizer(model, args)
-    start_epoch, best = starting_point(args, model, optimizer, vocab)
+    start_epoch, best = starting_point(args, cfg, model, optimizer, vocab)
     train_data = train_loader(args, tokenizer, train_split)
     if len(train_data) == 0:
         raise DataError(f"{args.data_path}: {len(train_data.dataset)} training captions make no "
                         f"full batch of --batch_size {args.batch_size}")
-    val_images, val_captions, _ = eval_loaders(args.data_path, "dev", args.img_dim, tokenizer,
+    val_images, val_captions, _ = eval_loaders(args.data_path, "dev", cfg.img_dim, tokenizer,
                                                args.batch_size, args.workers)
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
              precision)
-    writer = SummaryWriter(args.logger_name)
+    writer = SummaryWriter(args.logger_name or str(Path(args.model_name) / "log"))
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
         stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
@@ -116,6 +115,7 @@ def run(args) -> dict:
             best = {"epoch": epoch, **metrics}
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "epoch": epoch + 1, "best": best, "config": vars(args),
+                         "model_config": cfg.to_dict(),
                          "vocab": vocab.idx2word if vocab else None, "rng": rng_state()},
                         args.model_name, is_best)
     writer.close()

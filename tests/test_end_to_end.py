@@ -14,7 +14,7 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from lib.checkpoint import BEST, LATEST, load_checkpoint
-from lib.config import parse_train_args
+from lib.config import model_config, parse_train_args
 from lib.errors import CheckpointError, EvaluationError, RunFolderError
 from lib.evaluation import fold_metrics
 from lib.models import build_model
@@ -46,7 +46,8 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     assert any((run / "log").iterdir())  # TensorBoard event file
     ckpt = load_checkpoint(run / LATEST)
     assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 256 and ckpt["vocab"]
-    assert ckpt["config"]["img_dim"] == 256  # read from train_ims.npy when not given
+    assert ckpt["model_config"]["img_dim"] == 256  # read from train_ims.npy when not given
+    assert ckpt["model_config"]["embed_size"] == 256
 
     metrics_file, results = tmp_path / "m.json", tmp_path / "sims.npy"
     done = _cli("eval.py", "--model_path", str(run / BEST), "--split", "test", "--metrics_out",
@@ -70,8 +71,15 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     assert folds == pytest.approx(fold_metrics(saved["sims"], fold_images=4))
     assert folds != pytest.approx(metrics)  # 4-image folds rank differently from 20 images
 
-    # weights that do not fit the stored config: one clear error, not a state-dict dump
+    # a checkpoint written before the model config existed (flags only) still evaluates
     ckpt = load_checkpoint(run / BEST)
+    legacy = {key: value for key, value in ckpt.items() if key != "model_config"}
+    legacy["config"] = {**ckpt["config"], "img_dim": 256}  # train.py used to write it there
+    torch.save(legacy, tmp_path / "legacy.pth")
+    assert eval_cli.main(["--model_path", str(tmp_path / "legacy.pth"), "--split", "test",
+                          "--no_progress"]) == metrics
+
+    # weights that do not fit the stored config: one clear error, not a state-dict dump
     ckpt["model"].pop(next(iter(ckpt["model"])))
     torch.save(ckpt, tmp_path / "edited.pth")
     with pytest.raises(CheckpointError, match="edited.pth: the weights do not fit"):
@@ -125,11 +133,12 @@ def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
     train_cli.main(_train_args(tiny_toy, run, "--num_epochs", "1"))
     args = parse_train_args(_train_args(tiny_toy, run, "--weight_decay", "0.05",
                                         "--resume", str(run / LATEST)))
-    _, vocab, _ = train_cli.prepare_data(args)
-    model = build_model(args, len(vocab))
+    split, vocab, _ = train_cli.prepare_data(args)
+    cfg = model_config(args, split.feature_dim)
+    model = build_model(cfg, len(vocab))
     optimizer = train_cli.build_optimizer(model, args)
     ckpt = load_checkpoint(args.resume)
-    assert resume(args, ckpt, model, optimizer, vocab)[0] == 1
+    assert resume(args, cfg, ckpt, model, optimizer, vocab)[0] == 1
     assert optimizer.state  # Adam moments restored ...
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05]  # ... flags kept
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.checkpoint import load_checkpoint, save_checkpoint
-from lib.config import parse_train_args
+from lib.config import model_config, parse_train_args
 from lib.data import Vocabulary
 from lib.losses import ContrastiveLoss
 from lib.models import build_model
@@ -169,6 +169,10 @@ def _args(name):
                              "--gnn_hidden", "16", "--gnn_threshold", "0.0"])
 
 
+def _cfg(name):
+    return model_config(_args(name))
+
+
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(4, 7, 24, generator=g), torch.tensor([7, 5, 7, 2]),
@@ -178,7 +182,7 @@ def _batch(seed=0):
 @pytest.mark.parametrize("name", sorted(CONFIG_FLAGS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model = build_model(_args(name), vocab_size=len(VOCAB))
+    model = build_model(_cfg(name), vocab_size=len(VOCAB))
     model.train()
     images, img_lens, caps, cap_lens = _batch()
     scores = model.score(model(images, img_lens, caps, cap_lens))
@@ -194,13 +198,13 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", ["asdg", "mixed", "vse"])
 def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
     torch.manual_seed(0)
-    model = build_model(_args(name), vocab_size=len(VOCAB))
+    model = build_model(_cfg(name), vocab_size=len(VOCAB))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))  # move away from any initial value
     save_checkpoint({"model": model.state_dict(), "config": {}}, tmp_path, is_best=True)
     torch.manual_seed(1)
-    fresh = build_model(_args(name), vocab_size=len(VOCAB))
+    fresh = build_model(_cfg(name), vocab_size=len(VOCAB))
     fresh.load_state_dict(load_checkpoint(tmp_path / "model_best.pth")["model"])
     model.eval()
     fresh.eval()
@@ -215,7 +219,7 @@ def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
 def test_optimizer_holds_every_learnable_parameter():
     import train
 
-    model = build_model(_args("mixed"), vocab_size=len(VOCAB))
+    model = build_model(_cfg("mixed"), vocab_size=len(VOCAB))
     optimizer = train.build_optimizer(model, _args("mixed"))
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer
@@ -224,7 +228,7 @@ def test_optimizer_holds_every_learnable_parameter():
 
 def test_global_coding_pools_raw_features_then_normalises():
     """VSE∞: GPO sorts the unnormalised features; only the pooled vector is unit length."""
-    model = build_model(_args("vse"), vocab_size=len(VOCAB))
+    model = build_model(_cfg("vse"), vocab_size=len(VOCAB))
     model.eval()
     images, img_lens, captions, cap_lens = _batch()
     with torch.no_grad():
