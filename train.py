@@ -24,7 +24,7 @@ from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.errors import DataError, UserError
 from lib.evaluation import format_metrics
 from lib.losses import build_criterion
-from lib.models import build_model
+from lib.models import PRETRAINED_GROUP, build_model
 from lib.precision import resolve, resolve_device
 from lib.resume import check_run_folder, starting_point
 
@@ -49,7 +49,8 @@ def seed_everything(seed: int) -> None:
 
 def build_optimizer(model, args):
     """AdamW for ``--optim adamw`` and ``adam`` alike (VSE∞ builds AdamW for ``adam`` too)."""
-    groups = model.param_groups(args.learning_rate, args.bert_lr_factor, args.weight_decay)
+    groups = model.param_groups(args.learning_rate, {PRETRAINED_GROUP: args.bert_lr_factor},
+                                args.weight_decay)
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 

@@ -8,7 +8,7 @@ from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.config import model_config, parse_train_args
 from lib.data import Vocabulary
 from lib.losses import ContrastiveLoss
-from lib.models import build_model
+from lib.models import ImageTextModel, Similarity, build_model
 from lib.models.context import SASE
 from lib.models.fusion import APPM, bin_matrices
 from lib.models.graph import TokenGraph, token_adjacency
@@ -224,6 +224,24 @@ def test_optimizer_holds_every_learnable_parameter():
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer
     assert model.sim.mix_logit is not None
+
+
+def test_parameter_groups_follow_module_declarations():
+    img_enc = torch.nn.Linear(2, 2)
+    txt_enc = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    txt_enc.lr_group = "slow"
+    txt_enc[1].lr_group = "slower"  # nested: wins for its own parameters
+    model = ImageTextModel(img_enc, txt_enc, Similarity("MixedCoding"))
+    groups = model.param_groups(1e-3, {"slow": 0.1, "slower": 0.01, "unused": 5.0}, 1e-4)
+    ids = [{id(p) for p in group["params"]} for group in groups]
+    assert ids == [{id(p) for p in (*img_enc.parameters(), model.sim.mix_logit)},
+                   {id(p) for p in txt_enc[0].parameters()},
+                   {id(p) for p in txt_enc[1].parameters()}]
+    assert [g["lr_factor"] for g in groups] == [1.0, 0.1, 0.01]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert {g["weight_decay"] for g in groups} == {1e-4}
+    with pytest.raises(ValueError, match=r"no learning-rate factor for group\(s\) \['slower'\]"):
+        model.param_groups(1e-3, {"slow": 0.1}, 0.0)
 
 
 def test_global_coding_pools_raw_features_then_normalises():

@@ -4,6 +4,7 @@ import torch
 from lib.data import DataError, Vocabulary
 from lib.data.precomp import pad_sequences
 from lib.data.tokenizers import WordPieceTokenizer
+from lib.models import PRETRAINED_GROUP, ImageTextModel, Similarity
 from lib.models.text import BertTextEncoder, GRUTextEncoder
 
 
@@ -28,6 +29,15 @@ def test_bert_family_encoder_on_real_minilm(minilm_path):
     torch.testing.assert_close(batched[0, : len(short)], alone[0], atol=1e-5, rtol=0)
     # a pretrained model gives different vectors to different words
     assert (batched[0, 1] - batched[0, 2]).abs().max() > 1e-3
+
+
+def test_pretrained_weights_form_their_own_learning_rate_group(minilm_path):
+    enc = BertTextEncoder(minilm_path, embed_size=32)
+    model = ImageTextModel(torch.nn.Linear(4, 32), enc, Similarity())
+    rest, pretrained = model.param_groups(5e-4, {PRETRAINED_GROUP: 0.1}, 1e-4)
+    assert {id(p) for p in pretrained["params"]} == {id(p) for p in enc.bert.parameters()}
+    assert pretrained["lr"] == pytest.approx(5e-5) and pretrained["lr_factor"] == 0.1
+    assert {id(p) for p in enc.linear.parameters()} <= {id(p) for p in rest["params"]}
 
 
 def test_gru_encoder_ignores_padding():

@@ -13,6 +13,7 @@ from ..similarity import Similarity
 from .build import build_image_encoder, build_model, build_text_encoder
 from .config import ModelConfig
 from .model import Embeddings, ImageTextModel
+from .text import PRETRAINED_GROUP
 
 __all__ = ["build_model", "build_image_encoder", "build_text_encoder", "Embeddings",
-           "ImageTextModel", "ModelConfig", "Similarity"]
+           "ImageTextModel", "ModelConfig", "PRETRAINED_GROUP", "Similarity"]

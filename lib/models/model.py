@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -59,17 +60,30 @@ class ImageTextModel(nn.Module):
         """``(B_img, B_cap)`` scores of embedded images against embedded captions."""
         return self.sim(emb.images, emb.img_lens, emb.captions, emb.cap_lens)
 
-    def param_groups(self, lr: float, bert_lr_factor: float, weight_decay: float) -> list[dict]:
-        """Pretrained text-transformer weights train at ``lr * bert_lr_factor``."""
-        bert, rest = [], []
-        for name, param in self.named_parameters():
+    def param_groups(self, lr: float, lr_factors: Mapping[str, float],
+                     weight_decay: float) -> list[dict]:
+        """Optimizer groups: one at ``lr``, then one per learning-rate group in use.
+
+        A module joins group ``name`` by carrying an attribute ``lr_group = name`` (the
+        pretrained transformer of ``BertTextEncoder`` does); its parameters and its children's
+        train at ``lr * lr_factors[name]`` (``lr_factor`` in the group, for the schedule). A
+        group nested in another wins for its own parameters.
+        """
+        group_of = {}
+        for module in self.modules():  # parents before children, so inner groups win
+            name = getattr(module, "lr_group", None)
+            if name is not None:
+                group_of.update({id(param): name for param in module.parameters()})
+        members: dict[str | None, list] = {None: []}
+        for param in self.parameters():
             if param.requires_grad:
-                (bert if name.startswith("txt_enc.bert.") else rest).append(param)
-        groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "lr_factor": 1.0}]
-        if bert:
-            groups.append({"params": bert, "lr": lr * bert_lr_factor,
-                           "weight_decay": weight_decay, "lr_factor": bert_lr_factor})
-        return groups
+                members.setdefault(group_of.get(id(param)), []).append(param)
+        factors = {None: 1.0, **lr_factors}
+        missing = set(members) - set(factors)
+        if missing:
+            raise ValueError(f"no learning-rate factor for group(s) {sorted(missing)}")
+        return [{"params": params, "lr": lr * factors[name], "weight_decay": weight_decay,
+                 "lr_factor": factors[name]} for name, params in members.items()]
 
 
 def _pooled(emb, lengths, pool):

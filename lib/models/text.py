@@ -12,6 +12,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..errors import DataError
 from ..masking import l2norm, length_mask
 
+# learning-rate group of pretrained transformer weights (``--bert_lr_factor``)
+PRETRAINED_GROUP = "pretrained"
+
 
 class GRUTextEncoder(nn.Module):
     """Word embedding + bidirectional GRU; a token is the mean of its two directions."""
@@ -73,6 +76,7 @@ class BertTextEncoder(nn.Module):
             raise DataError(f"cannot load the BERT-family model {bert_path!r} ({err}); pass a "
                             f"local model folder with --bert_path, or a hub name with network "
                             f"access") from None
+        self.bert.lr_group = PRETRAINED_GROUP
         self.linear = nn.Linear(self.bert.config.hidden_size, embed_size)
         self.graph = graph
         self.normalize = not no_txtnorm
