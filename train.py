@@ -13,10 +13,10 @@ import torch
 from lib.checkpoint import rng_state, save_checkpoint
 from lib.config import model_config, parse_train_args
 from lib.data import (
+    build_dataset,
     build_tokenizer,
     eval_loaders,
     load_vocab,
-    open_split,
     train_loader,
 )
 from lib.data.toy import ensure_toy
@@ -59,7 +59,7 @@ def prepare_data(args):
     given); return the split, the vocabulary (BiGRU) and the tokenizer."""
     if args.data_name == "toy":
         ensure_toy(Path(args.data_path).parent)
-    split = open_split(args.data_path, "train", args.img_dim)
+    split = build_dataset("precomp", args.data_path, "train", args.img_dim)
     vocab = load_vocab(args.vocab_path, args.data_name) if args.text_enc_type == "bigru" else None
     return split, vocab, build_tokenizer(args, vocab)
 

@@ -5,7 +5,17 @@ import pytest
 import torch
 from conftest import write_precomp
 
-from lib.data import Batch, CaptionBatch, DataError, ImageBatch, Vocabulary, open_split
+from lib.data import (
+    DATASET_KINDS,
+    Batch,
+    CaptionBatch,
+    DataError,
+    ImageBatch,
+    Vocabulary,
+    build_dataset,
+    eval_loaders,
+    open_split,
+)
 from lib.data.precomp import (
     DEV_CAPTIONS,
     CaptionCollate,
@@ -188,3 +198,44 @@ def test_bad_vocabulary_file(tmp_path):
     path.write_text(json.dumps(bad_order))
     with pytest.raises(DataError, match="v.json: vocabulary must map '<pad>' to 0"):
         Vocabulary.load(path)
+
+
+# -- another kind of dataset: one opener in DATASET_KINDS, the loaders need nothing else -------
+class _MemorySplit:
+    """A split held in memory: one caption per image, features given as tensors."""
+
+    def __init__(self, features, captions):
+        self.features, self.captions = features, captions
+        self.num_images = self.num_captions = len(captions)
+        self.feature_dim = features[0].shape[-1]
+
+    def image_of(self, caption_index):
+        return caption_index
+
+    def images(self):
+        return self.features
+
+
+def test_a_new_dataset_kind_plugs_into_the_loaders(monkeypatch, vocab):
+    features = [torch.full((n, 3), float(n)) for n in (2, 4, 3)]
+    opened = []
+
+    def open_memory(data_path, split, img_dim):
+        opened.append((data_path, split, img_dim))
+        return _MemorySplit(features, ["a dog", "a cat", "a dog runs"])
+
+    monkeypatch.setitem(DATASET_KINDS, "memory", open_memory)
+    images, captions, split = eval_loaders("mem://", "test", 3, VocabTokenizer(vocab),
+                                           batch_size=2, workers=0, kind="memory")
+    assert opened == [("mem://", "test", 3)] and isinstance(split, _MemorySplit)
+    first = next(iter(images))
+    assert first.images.shape == (2, 4, 3) and first.img_lens.tolist() == [2, 4]
+    assert next(iter(captions)).cap_ids.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="unknown dataset kind 'nope'; choose from precomp"):
+        build_dataset("nope", "x", "test")
+
+
+def test_build_dataset_opens_precomp_splits(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["x", "y", "z"])
+    split = build_dataset("precomp", root, "test", 6)
+    assert split == open_split(root, "test", 6) and split.images()[2].shape == (4, 6)

@@ -1,4 +1,4 @@
-"""``DataError`` keeps its historical home here; every user-facing error lives in ``lib/errors.py``."""
+"""``DataError``'s historical home; every user-facing error lives in ``lib/errors.py``."""
 
 from ..errors import DataError
 

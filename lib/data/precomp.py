@@ -39,6 +39,10 @@ class PrecompSplit:
     def image_of(self, caption_index: int) -> int:
         return caption_index // self.im_div
 
+    def images(self) -> _Features:
+        """Reader of one image's ``(R, img_dim)`` features by index, opened in each process."""
+        return _Features(self.ims_path)
+
 
 def open_split(data_path: str | Path, split: str, img_dim: int | None = None) -> PrecompSplit:
     """Check a split's files and return its description, or raise :class:`DataError`.
@@ -116,7 +120,7 @@ class PairDataset(Dataset):
         self.region_drop = region_drop
         self.seed = seed
         self.epoch = 0
-        self.features = _Features(split.ims_path)
+        self.features = split.images()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -142,7 +146,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, split: PrecompSplit):
         self.split = split
-        self.features = _Features(split.ims_path)
+        self.features = split.images()
 
     def __len__(self) -> int:
         return self.split.num_images
