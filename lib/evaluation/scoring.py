@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..masking import length_mask
-from ..precision import autocast, matmul_mode, storage_dtype
+from ..precision import autocast, matmul_mode, storage_dtype, with_index
 from ..similarity import padded_scores
 
 CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
@@ -97,8 +97,10 @@ def block_budget(device: torch.device, fraction: float = 0.25) -> int:
     """How many float32 elements one scoring intermediate may hold on ``device``.
 
     On CUDA: ``fraction`` of the free memory, where a cap set with
-    ``torch.cuda.set_per_process_memory_fraction`` counts as the card's size.
+    ``torch.cuda.set_per_process_memory_fraction`` counts as the card's size. ``cuda`` without
+    an index means the current device.
     """
+    device = with_index(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         cap = torch.cuda.get_per_process_memory_fraction(device) * total
