@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from .errors import CheckpointError
+from .losses import CRITERIA
 from .models.config import ModelConfig
 from .models.context import ATTENTION_HEADS
 from .models.image import IMAGE_ENCODERS
@@ -164,7 +165,7 @@ def train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("loss")
     g.add_argument("--criterion", default="ContrastiveLoss",
-                   choices=("ContrastiveLoss", "InfoNCELoss"), help="training objective")
+                   choices=CRITERIA, help="training objective")
     g.add_argument("--margin", type=float, default=0.05, help="hinge loss margin")
     g.add_argument("--temperature", type=float, default=0.01, help="InfoNCE temperature")
     g.add_argument("--max_violation", action="store_true",

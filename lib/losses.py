@@ -65,9 +65,14 @@ class InfoNCELoss(nn.Module):
                 + nn.functional.cross_entropy(logits.t(), target)) / 2
 
 
+# --criterion name -> the loss, built from the parsed flags it uses
+CRITERIA = {
+    "ContrastiveLoss": lambda args: ContrastiveLoss(margin=args.margin),
+    "InfoNCELoss": lambda args: InfoNCELoss(temperature=args.temperature),
+}
+
+
 def build_criterion(args) -> nn.Module:
-    if args.criterion == "ContrastiveLoss":
-        return ContrastiveLoss(margin=args.margin)
-    if args.criterion == "InfoNCELoss":
-        return InfoNCELoss(temperature=args.temperature)
-    raise ValueError(f"unknown --criterion {args.criterion!r} (ContrastiveLoss|InfoNCELoss)")
+    if args.criterion not in CRITERIA:
+        raise ValueError(f"unknown --criterion {args.criterion!r} ({'|'.join(CRITERIA)})")
+    return CRITERIA[args.criterion](args)
