@@ -129,3 +129,5 @@ def test_names_are_unique_and_lookups_explain_themselves():
     imgs, img_lens, caps, cap_lens = _embeddings(2, 3)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['mixlogit'\]"):
         pairwise_sims(imgs, img_lens, caps, cap_lens, mixlogit=0.3)
+    with pytest.raises(TypeError, match="positional"):  # mix_logit used to be the 9th argument
+        pairwise_sims(imgs, img_lens, caps, cap_lens, "MixedCoding", "MeanPooling", 0.1, 0.1, 0.3)

@@ -13,7 +13,7 @@ DEFAULT_CHUNK_ELEMENTS = 2**25  # bounds the (images, captions, R, L) block held
 
 def pairwise_sims(img_emb: torch.Tensor, img_lens: torch.Tensor, cap_emb: torch.Tensor,
                   cap_lens: torch.Tensor, coding: str = "VHACoding",
-                  pooling: str = "MeanPooling", alpha: float = 0.1, belta: float = 0.1,
+                  pooling: str = "MeanPooling", alpha: float = 0.1, belta: float = 0.1, *,
                   max_elements: int = DEFAULT_CHUNK_ELEMENTS,
                   **learned: torch.Tensor | float) -> torch.Tensor:
     """Score every image against every caption.
@@ -26,7 +26,8 @@ def pairwise_sims(img_emb: torch.Tensor, img_lens: torch.Tensor, cap_emb: torch.
         max_elements: the caption dimension is processed in chunks so that one
             ``(N_img, chunk, R, L)`` block holds at most this many elements.
         learned: values of a coding's learnable scalars, e.g. ``mix_logit`` (MixedCoding's
-            weight, as a logit; a tensor to learn it).
+            weight, as a logit; a tensor to learn it). ``max_elements`` and these are
+            keyword-only, so no value meant for one is silently taken for another.
 
     Returns:
         ``(N_img, N_cap)`` scores. Differentiable (training uses it on a batch).
