@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
-from lib.data import SPLITS, DataError, Vocabulary, build_tokenizer, dataset_name, eval_loaders
+from lib.config import saved_model_config
+from lib.data import SPLITS, Vocabulary, build_tokenizer, dataset_name, eval_loaders
 from lib.environment import describe_environment
+from lib.errors import DataError, UserError
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
 from lib.precision import PRECISIONS, resolve, resolve_device
@@ -116,23 +118,24 @@ def default_split(data_path: str, dataset: str | None, trained_on: str = "") -> 
 
 
 def load_model(model_path: str, device: torch.device):
-    """The model of a checkpoint (its config and vocabulary are stored inside) and the config."""
+    """The model of a checkpoint (its model config and vocabulary are stored inside), that
+    config, the training run's flags (data location, tokenizer settings) and the vocabulary."""
     ckpt = load_checkpoint(model_path)
-    cfg = Namespace(**ckpt["config"])
+    cfg = saved_model_config(ckpt, model_path)
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
-    model, _ = build_model(cfg, vocab, pretrained=False)
+    model = build_model(cfg, len(vocab) if vocab else None, pretrained=False)
     load_weights(model, ckpt["model"], model_path)
-    return model.to(device), cfg, vocab
+    return model.to(device), cfg, Namespace(**ckpt["config"]), vocab
 
 
 def score_checkpoint(args, device: torch.device) -> torch.Tensor:
-    model, cfg, vocab = load_model(args.model_path, device)
-    data_path = args.data_path or cfg.data_path
+    model, cfg, flags, vocab = load_model(args.model_path, device)
+    data_path = args.data_path or flags.data_path
     if args.dataset:
         dataset_name(data_path, args.dataset)  # a contradicting folder name is an error
-    split = args.split or default_split(data_path, args.dataset, cfg.data_name)
+    split = args.split or default_split(data_path, args.dataset, flags.data_name)
     images, captions, opened = eval_loaders(data_path, split, cfg.img_dim,
-                                            build_tokenizer(cfg, vocab), args.batch_size,
+                                            build_tokenizer(flags, vocab), args.batch_size,
                                             args.workers)
     if args.fold5 and opened.num_images != 5 * FOLD_IMAGES:  # refuse before any scoring
         raise DataError(f"--fold5 needs the 5 x {FOLD_IMAGES} = {5 * FOLD_IMAGES} images of COCO "
@@ -172,5 +175,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         main()
-    except (DataError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

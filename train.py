@@ -12,20 +12,21 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, remove_stale_temps, rng_state, save_checkpoint
-from lib.config import parse_train_args
+from lib.config import model_config, parse_train_args
 from lib.data import (
-    DataError,
+    build_dataset,
     build_tokenizer,
     eval_loaders,
     load_vocab,
-    open_split,
     train_loader,
 )
 from lib.data.toy import EMBEDDED_ROOT, ensure_toy, is_embedded
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.environment import describe_environment
+from lib.errors import DataError, UserError
 from lib.evaluation import format_metrics
-from lib.models import build_model
+from lib.losses import build_criterion
+from lib.models import PRETRAINED_GROUP, build_model
 from lib.precision import resolve, resolve_device
 from lib.resume import check_run_folder, starting_point
 
@@ -50,22 +51,22 @@ def seed_everything(seed: int) -> None:
 
 def build_optimizer(model, args):
     """AdamW for ``--optim adamw`` and ``adam`` alike (VSE∞ builds AdamW for ``adam`` too)."""
-    groups = model.param_groups(args.learning_rate, args.bert_lr_factor, args.weight_decay)
+    groups = model.param_groups(args.learning_rate, {PRETRAINED_GROUP: args.bert_lr_factor},
+                                args.weight_decay)
     return torch.optim.AdamW(groups, lr=args.learning_rate)
 
 
 def prepare_data(args):
-    """Build the embedded toy set on first use, check the training split (setting
-    ``args.img_dim`` from it when not given); return the split, the vocabulary (BiGRU) and the
-    tokenizer. Nothing is written into any other data folder."""
+    """Build the embedded toy set on first use, check the training split (against
+    ``--img_dim`` when given); return the split, the vocabulary (BiGRU) and the tokenizer.
+    Nothing is written into any other data folder."""
     if is_embedded(args.data_path):
         ensure_toy(Path(args.data_path).parent)
     elif args.data_name == "toy" and not Path(args.data_path).exists():
         raise DataError(f"data folder not found: {args.data_path}; the toy set is generated on "
                         f"first use only at {EMBEDDED_ROOT / 'toy'}, write a copy elsewhere "
                         f"with `python -m lib.data.toy --out {Path(args.data_path).parent}`")
-    split = open_split(args.data_path, "train", args.img_dim)
-    args.img_dim = split.feature_dim
+    split = build_dataset("precomp", args.data_path, "train", args.img_dim)
     vocab = None
     if args.text_enc_type == "bigru":
         vocab = load_vocab(args.vocab_path, args.data_name, split)
@@ -74,7 +75,6 @@ def prepare_data(args):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_train_args(argv)
-    args.logger_name = args.logger_name or str(Path(args.model_name) / "log")
     check_run_folder(args)
     setup_logging(Path(args.model_name))
     for tmp in remove_stale_temps(args.model_name):
@@ -98,20 +98,22 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
     train_split, vocab, tokenizer = prepare_data(args)
-    model, criterion = build_model(args, vocab)
+    cfg = model_config(args, train_split.feature_dim)
+    model = build_model(cfg, len(vocab) if vocab else None, vocab.word2idx if vocab else None)
+    criterion = build_criterion(args)
     model.to(device)
     optimizer = build_optimizer(model, args)
-    start_epoch, best = starting_point(args, model, optimizer, vocab)
+    start_epoch, best = starting_point(args, cfg, model, optimizer, vocab)
     train_data = train_loader(args, tokenizer, train_split)
     if len(train_data) == 0:
         raise DataError(f"{args.data_path}: {len(train_data.dataset)} training captions make no "
                         f"full batch of --batch_size {args.batch_size}")
-    val_images, val_captions, _ = eval_loaders(args.data_path, "dev", args.img_dim, tokenizer,
+    val_images, val_captions, _ = eval_loaders(args.data_path, "dev", cfg.img_dim, tokenizer,
                                                args.batch_size, args.workers)
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
              precision)
-    writer = SummaryWriter(args.logger_name)
+    writer = SummaryWriter(args.logger_name or str(Path(args.model_name) / "log"))
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
         stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
@@ -128,6 +130,7 @@ def run(args) -> dict:
             best = {"epoch": epoch, **metrics}
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "epoch": epoch + 1, "best": best, "config": vars(args),
+                         "model_config": cfg.to_dict(),
                          "vocab": vocab.idx2word if vocab else None, "rng": rng_state()},
                         args.model_name, is_best)
     writer.close()
@@ -146,5 +149,5 @@ def warn_ignored_flags(args) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

@@ -15,11 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .data.errors import DataError
-
-
-class WriteError(DataError):
-    """A result or checkpoint could not be written; the message names the file and the cause."""
+from .errors import CheckpointError, WriteError
 
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
 TEMP_SUFFIX = ".tmp"
@@ -170,29 +166,30 @@ def carry_best(src_folder: str | Path, dst_folder: str | Path) -> bool:
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
-    """``model.load_state_dict`` with a one-line :class:`DataError` naming ``path`` on mismatch."""
+    """``model.load_state_dict`` with a one-line :class:`CheckpointError` naming ``path`` on
+    mismatch."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:
         first_line = str(err).splitlines()[0]
-        raise DataError(f"{path}: the weights do not fit the model built from its config "
-                        f"({first_line}); was the file edited or written by another "
-                        f"version?") from None
+        raise CheckpointError(f"{path}: the weights do not fit the model built from its "
+                              f"config ({first_line}); was the file edited or written by "
+                              f"another version?") from None
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt/foreign files
-        raise DataError(f"{path}: not a readable checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise DataError(f"{path}: not a CHAN-ASDG checkpoint (expected a dict with 'model' "
-                        f"and 'config')")
+        raise CheckpointError(f"{path}: not a CHAN-ASDG checkpoint (expected a dict with "
+                              f"'model' and 'config')")
     if ckpt.get("version", 1) < 2 and ckpt["config"].get("coding_type") == "global":
-        raise DataError(f"{path}: a global-coding (vse) checkpoint from before version 2, whose "
-                        f"pooling normalised each region and token first; this version would "
-                        f"score it differently, so retrain it")
+        raise CheckpointError(f"{path}: a global-coding (vse) checkpoint from before version "
+                              f"2, whose pooling normalised each region and token first; this "
+                              f"version would score it differently, so retrain it")
     return ckpt

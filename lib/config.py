@@ -1,12 +1,15 @@
-"""Command-line flags of ``train.py`` (the names VSE∞/CHAN users know), grouped by concern."""
+"""Command-line flags of ``train.py`` (the names VSE∞/CHAN users know), grouped by concern, and
+the :class:`ModelConfig` built from them."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .data.errors import DataError
 from .data.naming import dataset_name
+from .errors import CheckpointError, DataError
+from .losses import CRITERIA
+from .models.config import ModelConfig
 from .models.context import ATTENTION_HEADS
 from .models.image import IMAGE_ENCODERS
 from .precision import PRECISIONS
@@ -28,13 +31,6 @@ NAMED_CONFIGS = {
             "coding_type": "global", "global_pool": "gpo"},
 }
 
-
-# Flag groups whose values shape the weights or the scores: a resumed run must match them.
-MODEL_GROUPS = ("model", "ASDG modules")
-# Not compared: GloVe initialisation (the checkpoint's weights replace it) and the BERT-family
-# model's location (the same model may be resumed from another folder; a different
-# architecture fails when its weights load).
-NOT_COMPARED = ("wemb_type", "wemb_path", "bert_path")
 
 
 def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,11 +73,21 @@ def _flag_problem(args) -> str | None:
     return None
 
 
-def model_keys() -> list[str]:
-    """Names of the flags in :data:`MODEL_GROUPS` (plus ``img_dim``), minus :data:`NOT_COMPARED`."""
-    keys = [action.dest for group in train_parser()._action_groups if group.title in MODEL_GROUPS
-            for action in group._group_actions]
-    return ["img_dim", *(k for k in keys if k not in NOT_COMPARED)]
+def model_config(args, img_dim: int | None = None) -> ModelConfig:
+    """The model config of parsed flags. ``img_dim``: the feature width read from the data
+    (which ``--img_dim``, when given, was checked against); default ``--img_dim``."""
+    return ModelConfig.from_dict({**vars(args), "img_dim": img_dim or args.img_dim})
+
+
+def saved_model_config(ckpt: dict, path: str | Path) -> ModelConfig:
+    """The model config stored in checkpoint ``path``. One written before the config existed
+    holds only the run's flags (``"config"``); flags it predates take today's defaults."""
+    try:
+        if "model_config" in ckpt:
+            return ModelConfig.from_dict(ckpt["model_config"])
+        return ModelConfig.from_dict({**vars(train_parser().parse_args([])), **ckpt["config"]})
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unusable model config ({err})") from None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -171,7 +177,7 @@ def train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("loss")
     g.add_argument("--criterion", default="ContrastiveLoss",
-                   choices=("ContrastiveLoss", "InfoNCELoss"), help="training objective")
+                   choices=CRITERIA, help="training objective")
     g.add_argument("--margin", type=float, default=0.05, help="hinge loss margin")
     g.add_argument("--temperature", type=float, default=0.01, help="InfoNCE temperature")
     g.add_argument("--max_violation", action="store_true",

@@ -9,6 +9,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from .data.batch import Batch
 from .evaluation import recall_metrics, score_split
 from .precision import autocast
 
@@ -25,21 +26,36 @@ def set_learning_rate(optimizer, base_lr: float, epoch: int, lr_update: int) -> 
         group["lr"] = base_lr * group["lr_factor"] * learning_rate_factor(epoch, lr_update)
 
 
+def hardest_negatives(args, epoch: int) -> bool:
+    """Whether epoch ``epoch`` uses only the hardest negative: after the warm-up epochs that sum
+    over all negatives, or always with ``--max_violation``."""
+    return args.max_violation or epoch >= args.vse_mean_warmup_epochs
+
+
+def batch_loss(model, criterion, batch: Batch, max_violation: bool) -> torch.Tensor:
+    """Encode a batch, score every image against every caption, apply the loss.
+
+    Scoring happens here rather than in the model's forward, so the scores a loss sees could
+    also include embeddings from elsewhere (other devices, a queue of earlier batches).
+    """
+    emb = model(batch.images, batch.img_lens, batch.captions, batch.cap_lens)
+    scores = model.score(emb)  # (B, B): rows images, columns captions
+    return criterion(scores.float(), batch.img_ids, max_violation=max_violation)
+
+
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, args,
                     writer=None, precision: str = "fp32") -> dict:
     """Train over ``loader`` once; returns mean loss, steps, and throughput."""
     model.train()
-    criterion.max_violation = args.max_violation or epoch >= args.vse_mean_warmup_epochs
+    max_violation = hardest_negatives(args, epoch)
     loader.dataset.set_epoch(epoch)
     step0 = epoch * len(loader)
     total_loss, steps, start = torch.zeros((), device=device), 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=args.no_progress, leave=False)
     for i, batch in enumerate(bar):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = batch.to(device, non_blocking=True)
         with autocast(precision, device):
-            scores = model(batch["images"], batch["img_lens"], batch["captions"],
-                           batch["cap_lens"])
-            loss = criterion(scores.float(), batch["img_ids"])
+            loss = batch_loss(model, criterion, batch, max_violation)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:

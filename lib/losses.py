@@ -1,4 +1,8 @@
-"""Ranking losses on the ``(B, B)`` score matrix (rows: images, columns: captions)."""
+"""Ranking losses on the ``(B, B)`` score matrix (rows: images, columns: captions).
+
+A loss is called as ``criterion(scores, img_ids, max_violation=...)``: the training loop decides
+each epoch whether only the hardest negative counts (after the warm-up epochs).
+"""
 
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ class ContrastiveLoss(nn.Module):
     negatives are summed (the warm-up regime of ``--vse_mean_warmup_epochs``).
     """
 
-    def __init__(self, margin: float = 0.05, max_violation: bool = False):
+    def __init__(self, margin: float = 0.05):
         super().__init__()
         self.margin = margin
-        self.max_violation = max_violation
 
-    def forward(self, scores: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, img_ids: torch.Tensor,
+                max_violation: bool = False) -> torch.Tensor:
         positive = scores.diag()  # (B,)
         negatives = ~positive_mask(img_ids)
         # cost_caption[i, j]: caption j ranked above image i's own caption
@@ -35,20 +39,24 @@ class ContrastiveLoss(nn.Module):
         cost_image = (self.margin + scores - positive[None, :]).clamp(min=0)
         cost_caption = cost_caption.masked_fill(~negatives, 0)
         cost_image = cost_image.masked_fill(~negatives, 0)
-        if self.max_violation:
+        if max_violation:
             return cost_caption.amax(dim=1).sum() + cost_image.amax(dim=0).sum()
         return cost_caption.sum() + cost_image.sum()
 
 
 class InfoNCELoss(nn.Module):
-    """Symmetric InfoNCE: cross-entropy over ``scores / temperature``, other matches masked."""
+    """Symmetric InfoNCE: cross-entropy over ``scores / temperature``, other matches masked.
+
+    ``max_violation`` is accepted for the common interface and has no effect: the softmax
+    already weighs the negatives by how hard they are.
+    """
 
     def __init__(self, temperature: float = 0.01):
         super().__init__()
         self.temperature = temperature
-        self.max_violation = False  # unused; keeps the criterion interface uniform
 
-    def forward(self, scores: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, img_ids: torch.Tensor,
+                max_violation: bool = False) -> torch.Tensor:
         eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
         logits = (scores / self.temperature).masked_fill(positive_mask(img_ids) & ~eye,
                                                          float("-inf"))
@@ -57,9 +65,14 @@ class InfoNCELoss(nn.Module):
                 + nn.functional.cross_entropy(logits.t(), target)) / 2
 
 
+# --criterion name -> the loss, built from the parsed flags it uses
+CRITERIA = {
+    "ContrastiveLoss": lambda args: ContrastiveLoss(margin=args.margin),
+    "InfoNCELoss": lambda args: InfoNCELoss(temperature=args.temperature),
+}
+
+
 def build_criterion(args) -> nn.Module:
-    if args.criterion == "ContrastiveLoss":
-        return ContrastiveLoss(margin=args.margin, max_violation=args.max_violation)
-    if args.criterion == "InfoNCELoss":
-        return InfoNCELoss(temperature=args.temperature)
-    raise ValueError(f"unknown --criterion {args.criterion!r} (ContrastiveLoss|InfoNCELoss)")
+    if args.criterion not in CRITERIA:
+        raise ValueError(f"unknown --criterion {args.criterion!r} ({'|'.join(CRITERIA)})")
+    return CRITERIA[args.criterion](args)

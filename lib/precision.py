@@ -14,6 +14,8 @@ import logging
 
 import torch
 
+from .errors import UserError
+
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,22 @@ def autocast(precision: str, device: torch.device):
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """``name`` (e.g. ``cuda:1``) or, when not given, CUDA when available, else the CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``name`` (e.g. ``cuda:1``) or, when not given, CUDA when available, else the CPU.
+
+    This is where a device enters a run, so it is normalised here: see :func:`with_index`.
+    """
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return with_index(device)
+
+
+def with_index(device: torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:<current device>``; other devices unchanged.
+
+    torch.cuda's per-device memory queries (``get_per_process_memory_fraction``,
+    ``set_per_process_memory_fraction``) refuse a CUDA device without an index.
+    """
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

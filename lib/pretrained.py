@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .data.errors import DataError
+from .errors import DataError
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from .checkpoint import BEST, LATEST, carry_best, load_checkpoint, load_weights, set_rng_state
-from .config import model_keys
-from .data import DataError
+from .config import saved_model_config
+from .errors import CheckpointError, RunFolderError
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ def check_run_folder(args) -> None:
     folder = Path(args.model_name)
     found = [name for name in (LATEST, BEST) if (folder / name).is_file()]
     if found and not (args.overwrite or continues_run(args)):
-        raise DataError(f"{folder} already holds a run ({', '.join(found)}): continue it with "
-                        f"--resume {folder / LATEST}, replace it with --overwrite, or choose "
-                        f"another --model_name")
+        raise RunFolderError(f"{folder} already holds a run ({', '.join(found)}): continue it "
+                             f"with --resume {folder / LATEST}, replace it with --overwrite, or "
+                             f"choose another --model_name")
 
 
 def continues_run(args) -> bool:
@@ -45,30 +45,31 @@ def discard_previous_run(folder: Path) -> None:
             log.info("--overwrite: removed the earlier run's %s", folder / name)
 
 
-def starting_point(args, model, optimizer, vocab) -> tuple[int, dict]:
+def starting_point(args, cfg, model, optimizer, vocab) -> tuple[int, dict]:
     """The epoch to start at and the best dev metrics so far: a new run, or a resumed one."""
     ckpt = load_checkpoint(args.resume) if args.resume else None  # before --overwrite removes it
     if args.overwrite and not continues_run(args):
         discard_previous_run(Path(args.model_name))
-    return resume(args, ckpt, model, optimizer, vocab) if ckpt else (0, {})
+    return resume(args, cfg, ckpt, model, optimizer, vocab) if ckpt else (0, {})
 
 
-def resume(args, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
-    """Load checkpoint ``ckpt`` (read from ``args.resume``); returns the epoch to start at and
-    the best dev metrics so far.
+def resume(args, cfg, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
+    """Load checkpoint ``ckpt`` (read from ``args.resume``) into ``model``, built from ``cfg``;
+    returns the epoch to start at and the best dev metrics so far.
 
-    The checkpoint must come from the same model (architecture flags and vocabulary); the
+    The checkpoint must come from the same model (model config and vocabulary); the
     optimiser's state is restored, but its hyperparameters follow the current flags.
     """
-    check_same_model(args, vocab, ckpt)
+    check_same_model(cfg, vocab, ckpt, args.resume)
     load_weights(model, ckpt["model"], args.resume)
     if args.reset_start_epoch:
         log.info("loaded weights from %s; starting at epoch 0", args.resume)
         return 0, {}
     missing = {"optimizer", "rng", "epoch", "best"} - set(ckpt)
     if missing:
-        raise DataError(f"{args.resume}: cannot resume training, the checkpoint lacks "
-                        f"{sorted(missing)}; use --reset_start_epoch to load its weights only")
+        raise CheckpointError(f"{args.resume}: cannot resume training, the checkpoint lacks "
+                              f"{sorted(missing)}; use --reset_start_epoch to load its weights "
+                              f"only")
     flags = [{"weight_decay": g["weight_decay"], "lr_factor": g["lr_factor"]}
              for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -82,17 +83,12 @@ def resume(args, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
     return ckpt["epoch"], ckpt["best"]
 
 
-def check_same_model(args, vocab, ckpt: dict) -> None:
-    """Raise a :class:`DataError` listing every model flag (and the vocabulary) that differs."""
-    saved = ckpt["config"]
-    diffs = [f"--{key} {saved.get(key)!r} (now {getattr(args, key)!r})" for key in model_keys()
-             if _normal(saved.get(key)) != _normal(getattr(args, key))]
+def check_same_model(cfg, vocab, ckpt: dict, path: str) -> None:
+    """Raise a :class:`CheckpointError` listing every compared field of the model config (and
+    the vocabulary) where checkpoint ``path`` differs from ``cfg``."""
+    diffs = cfg.differences(saved_model_config(ckpt, path))
     if vocab is not None and ckpt.get("vocab") != vocab.idx2word:
         diffs.append("the BiGRU vocabulary (--vocab_path)")
     if diffs:
-        raise DataError(f"{args.resume} was trained with a different model: "
-                        f"{'; '.join(diffs)}; pass the checkpoint's values to resume it")
-
-
-def _normal(value):
-    return list(value) if isinstance(value, tuple) else value
+        raise CheckpointError(f"{path} was trained with a different model: "
+                              f"{'; '.join(diffs)}; pass the checkpoint's values to resume it")

@@ -27,9 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.evaluation import PackedSequences, recall_metrics, score_matrix  # noqa: E402
 from lib.evaluation.scoring import block_budget  # noqa: E402
 from lib.masking import l2norm  # noqa: E402
-from lib.models import Similarity  # noqa: E402
-from lib.precision import cuda_out_dtype_works, matmul_mode, storage_dtype  # noqa: E402
-from lib.similarity import CODINGS, POOLINGS  # noqa: E402
+from lib.precision import (  # noqa: E402
+    cuda_out_dtype_works,
+    matmul_mode,
+    resolve_device,
+    storage_dtype,
+)
+from lib.similarity import CODINGS, POOLINGS, Similarity  # noqa: E402
 
 
 def sync(device):
@@ -81,6 +85,13 @@ def floor_seconds(images, tokens, budget, device, precision, repeats):
     return best
 
 
+def cap_memory(device: torch.device, memory_gb: float) -> None:
+    """Let this process use at most ``memory_gb`` GiB of CUDA ``device`` (with its index, see
+    ``lib.precision.with_index``), as on a smaller card."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 2**30 / total), device)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n_img", type=int, default=5000, help="images (captions = 5x)")
@@ -90,16 +101,15 @@ def main(argv=None):
     p.add_argument("--pooling", default="MeanPooling", choices=POOLINGS, help="pooling")
     p.add_argument("--precision", default="bf16", choices=("fp32", "tf32", "bf16"),
                    help="storage/product precision of the scoring (and of the floor)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cuda | cpu")
+    p.add_argument("--device", default=None,
+                   help="cuda | cuda:N | cpu (default: cuda when available)")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is kept)")
     p.add_argument("--memory_gb", type=float, default=None,
                    help="cap this process's CUDA memory (e.g. 24 to check a 24 GB card)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if args.memory_gb and device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total), device)
+        cap_memory(device, args.memory_gb)
     dtype = storage_dtype(args.precision)
     images, img_lens, captions = make_embeddings(args, device, dtype)
     sim = Similarity(args.coding, args.pooling).to(device)

@@ -18,7 +18,7 @@ from lib.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from lib.data import DataError
+from lib.errors import CheckpointError
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):
@@ -118,7 +118,7 @@ def test_best_is_written_before_the_record_that_names_it(tmp_path, monkeypatch):
 def test_old_global_coding_checkpoints_are_refused(tmp_path):
     old = {"model": {}, "config": {"coding_type": "global"}}  # no version: written before 2
     torch.save(old, tmp_path / "old.pth")
-    with pytest.raises(DataError, match="old.pth: a global-coding .* retrain it"):
+    with pytest.raises(CheckpointError, match="old.pth: a global-coding .* retrain it"):
         load_checkpoint(tmp_path / "old.pth")
     torch.save({**old, "config": {"coding_type": "VHACoding"}}, tmp_path / "vha.pth")
     assert load_checkpoint(tmp_path / "vha.pth")["config"]["coding_type"] == "VHACoding"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lib.config import model_keys, parse_train_args
+from lib.config import model_config, parse_train_args, train_parser
+from lib.models import ModelConfig
 
 
 def _parse_error(capsys, *argv):
@@ -32,7 +33,20 @@ def test_vocabulary_defaults_to_the_scan_layout():
 
 
 def test_model_keys_are_the_architecture_flags():
-    keys = model_keys()
+    keys = ModelConfig.compared_fields()
     assert {"img_dim", "embed_size", "coding_type", "fusion", "text_gnn", "text_enc_type"} \
         <= set(keys)
     assert not {"learning_rate", "batch_size", "wemb_path", "bert_path", "num_epochs"} & set(keys)
+
+
+def test_model_config_is_built_from_flags_and_compared_field_by_field():
+    flags = set(vars(train_parser().parse_args([])))
+    assert set(ModelConfig.__dataclass_fields__) <= flags  # every field is a flag
+    args = parse_train_args(["--config", "asdg", "--img_dim", "12", "--aspp_rates", "2,3"])
+    cfg = model_config(args)
+    assert (cfg.img_dim, cfg.fusion, cfg.aspp_rates, cfg.bert_path) == \
+        (12, "appm", (2, 3), "distilbert-base-uncased")
+    assert model_config(args, img_dim=2048).img_dim == 2048  # the width read from the data
+    saved = ModelConfig.from_dict({**cfg.to_dict(), "aspp_rates": [2, 3], "bert_path": "elsewhere",
+                                   "embed_size": 512})
+    assert cfg.differences(saved) == ["--embed_size 512 (now 1024)"]

@@ -5,9 +5,25 @@ import pytest
 import torch
 from conftest import write_precomp
 
-from lib.data import DataError, Vocabulary, open_split
-from lib.data.precomp import DEV_CAPTIONS, PairCollate, PairDataset
-from lib.data.text import (
+from lib.data import (
+    DATASET_KINDS,
+    Batch,
+    CaptionBatch,
+    DataError,
+    ImageBatch,
+    Vocabulary,
+    build_dataset,
+    eval_loaders,
+    open_split,
+)
+from lib.data.precomp import (
+    DEV_CAPTIONS,
+    CaptionCollate,
+    PairCollate,
+    PairDataset,
+    collate_images,
+)
+from lib.data.tokenizers import (
     DELETE,
     KEEP,
     MASK,
@@ -41,8 +57,20 @@ def test_five_captions_per_image_and_collate(tmp_path, vocab):
     assert tokens.tolist() == [vocab("<start>"), vocab("a"), vocab("dog"), vocab("<unk>"),
                                vocab("<end>")]
     batch = PairCollate(vocab("<pad>"))([ds[0], ds[14]])
-    assert batch["images"].shape == (2, 4, 6) and batch["img_lens"].tolist() == [4, 4]
-    assert batch["img_ids"].tolist() == [0, 2]
+    assert batch.images.shape == (2, 4, 6) and batch.img_lens.tolist() == [4, 4]
+    assert batch.img_ids.tolist() == [0, 2] and batch.cap_ids.tolist() == [0, 14]
+
+
+def test_batches_move_all_their_tensors_together():
+    batch = PairCollate(pad_id=0)([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 4, 0)])
+    moved = batch.to(torch.device("cpu"), non_blocking=True)
+    assert isinstance(moved, Batch) and moved is not batch
+    for field in ("images", "img_lens", "captions", "cap_lens", "cap_ids", "img_ids"):
+        assert torch.equal(getattr(moved, field), getattr(batch, field)), field
+    images = collate_images([(torch.ones(3, 2), 7)])
+    assert isinstance(images, ImageBatch) and images.img_ids.tolist() == [7]
+    captions = CaptionCollate(pad_id=0)([(torch.tensor([1, 2]), 9)])
+    assert isinstance(captions, CaptionBatch) and captions.cap_ids.tolist() == [9]
 
 
 def test_one_caption_per_image(tmp_path):
@@ -62,9 +90,9 @@ def test_collate_pads_captions_and_regions(vocab):
     collate = PairCollate(pad_id=0)
     batch = collate([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 0, 0),
                      (torch.ones(4, 3), torch.tensor([1, 2]), 1, 1)])
-    assert batch["captions"].tolist() == [[1, 5, 2], [1, 2, 0]]
-    assert batch["cap_lens"].tolist() == [3, 2] and batch["img_lens"].tolist() == [2, 4]
-    assert batch["images"][0, 2:].abs().sum() == 0
+    assert batch.captions.tolist() == [[1, 5, 2], [1, 2, 0]]
+    assert batch.cap_lens.tolist() == [3, 2] and batch.img_lens.tolist() == [2, 4]
+    assert batch.images[0, 2:].abs().sum() == 0
 
 
 def test_train_augmentation_is_deterministic_and_drops_regions(tmp_path, vocab):
@@ -236,3 +264,45 @@ def test_word_tokens_follow_nltk_word_tokenize():
                                                           "sits", "."]
     assert tokenize_words("Mr. Smith walks a dog.") == ["mr.", "smith", "walks", "a", "dog", "."]
     assert tokenize_words("A dog, a cat!") == ["a", "dog", ",", "a", "cat", "!"]
+
+
+# -- another kind of dataset: one opener in DATASET_KINDS, the loaders need nothing else -------
+class _MemorySplit:
+    """A split held in memory: one caption per image, features given as tensors."""
+
+    def __init__(self, features, captions):
+        self.features, self.captions = features, captions
+        self.num_images = self.num_captions = len(captions)
+        self.feature_dim = features[0].shape[-1]
+        self.caps_path = "memory"
+
+    def image_of(self, caption_index):
+        return caption_index
+
+    def images(self):
+        return self.features
+
+
+def test_a_new_dataset_kind_plugs_into_the_loaders(monkeypatch, vocab):
+    features = [torch.full((n, 3), float(n)) for n in (2, 4, 3)]
+    opened = []
+
+    def open_memory(data_path, split, img_dim):
+        opened.append((data_path, split, img_dim))
+        return _MemorySplit(features, ["a dog", "a cat", "a dog runs"])
+
+    monkeypatch.setitem(DATASET_KINDS, "memory", open_memory)
+    images, captions, split = eval_loaders("mem://", "test", 3, VocabTokenizer(vocab),
+                                           batch_size=2, workers=0, kind="memory")
+    assert opened == [("mem://", "test", 3)] and isinstance(split, _MemorySplit)
+    first = next(iter(images))
+    assert first.images.shape == (2, 4, 3) and first.img_lens.tolist() == [2, 4]
+    assert next(iter(captions)).cap_ids.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="unknown dataset kind 'nope'; choose from precomp"):
+        build_dataset("nope", "x", "test")
+
+
+def test_build_dataset_opens_precomp_splits(tmp_path):
+    root = write_precomp(tmp_path, "test", _features(3), ["x", "y", "z"])
+    split = build_dataset("precomp", root, "test", 6)
+    assert split == open_split(root, "test", 6) and split.images()[2].shape == (4, 6)

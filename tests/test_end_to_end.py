@@ -14,8 +14,8 @@ import torch
 import eval as eval_cli
 import train as train_cli
 from lib.checkpoint import BEST, LATEST, load_checkpoint
-from lib.config import parse_train_args
-from lib.data import DataError
+from lib.config import model_config, parse_train_args
+from lib.errors import CheckpointError, EvaluationError, RunFolderError
 from lib.evaluation import fold_metrics
 from lib.models import build_model
 from lib.resume import resume
@@ -46,7 +46,8 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     assert any((run / "log").iterdir())  # TensorBoard event file
     ckpt = load_checkpoint(run / LATEST)
     assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 256 and ckpt["vocab"]
-    assert ckpt["config"]["img_dim"] == 256  # read from train_ims.npy when not given
+    assert ckpt["model_config"]["img_dim"] == 256  # read from train_ims.npy when not given
+    assert ckpt["model_config"]["embed_size"] == 256
 
     metrics_file, results = tmp_path / "m.json", tmp_path / "sims.npy"
     done = _cli("eval.py", "--model_path", str(run / BEST), "--split", "test", "--metrics_out",
@@ -64,18 +65,25 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     # saved results and an ensemble of identical results reproduce the metrics exactly
     again = eval_cli.main(["--results", str(results), str(results)])
     assert again == pytest.approx(metrics)
-    with pytest.raises(DataError, match="needs 5 x 1000 = 5000 images"):
+    with pytest.raises(EvaluationError, match="needs 5 x 1000 = 5000 images"):
         eval_cli.main(["--results", str(results), "--fold5"])  # 20 images are not COCO 5K
     monkeypatch.setattr(eval_cli, "FOLD_IMAGES", 4)
     folds = eval_cli.main(["--results", str(results), "--fold5"])
     assert folds == pytest.approx(fold_metrics(saved["sims"], fold_images=4))
     assert folds != pytest.approx(metrics)  # 4-image folds rank differently from 20 images
 
-    # weights that do not fit the stored config: one clear error, not a state-dict dump
+    # a checkpoint written before the model config existed (flags only) still evaluates
     ckpt = load_checkpoint(run / BEST)
+    legacy = {key: value for key, value in ckpt.items() if key != "model_config"}
+    legacy["config"] = {**ckpt["config"], "img_dim": 256}  # train.py used to write it there
+    torch.save(legacy, tmp_path / "legacy.pth")
+    assert eval_cli.main(["--model_path", str(tmp_path / "legacy.pth"), "--split", "test",
+                          "--no_progress"]) == metrics
+
+    # weights that do not fit the stored config: one clear error, not a state-dict dump
     ckpt["model"].pop(next(iter(ckpt["model"])))
     torch.save(ckpt, tmp_path / "edited.pth")
-    with pytest.raises(DataError, match="edited.pth: the weights do not fit"):
+    with pytest.raises(CheckpointError, match="edited.pth: the weights do not fit"):
         eval_cli.main(["--model_path", str(tmp_path / "edited.pth"), "--split", "test",
                        "--no_progress"])
 
@@ -107,16 +115,16 @@ def test_resume_continues_to_the_same_result(tiny_toy, tmp_path):
     assert (moved / BEST).read_bytes() == (split / BEST).read_bytes()
 
     # the finished run is not written over by a new run, nor resumed into a different model
-    with pytest.raises(DataError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3"))
-    with pytest.raises(DataError, match="already holds a run"):  # would drop epochs after best
+    with pytest.raises(RunFolderError, match="already holds a run"):  # would drop epochs after best
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--resume",
                                    str(split / BEST)))
     best_bytes = (split / BEST).read_bytes()
     train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "2", "--resume",
                                str(split / LATEST), "--overwrite"))  # continuing: nothing lost
     assert (split / BEST).read_bytes() == best_bytes
-    with pytest.raises(DataError, match=r"different model: --embed_size 256 \(now 128\)"):
+    with pytest.raises(CheckpointError, match=r"different model: --embed_size 256 \(now 128\)"):
         train_cli.main(_train_args(tiny_toy, split, "--num_epochs", "3", "--embed_size", "128",
                                    "--resume", str(split / LATEST)))
 
@@ -126,11 +134,12 @@ def test_resume_takes_optimizer_flags_from_the_command_line(tiny_toy, tmp_path):
     train_cli.main(_train_args(tiny_toy, run, "--num_epochs", "1"))
     args = parse_train_args(_train_args(tiny_toy, run, "--weight_decay", "0.05",
                                         "--resume", str(run / LATEST)))
-    _, vocab, _ = train_cli.prepare_data(args)
-    model, _ = build_model(args, vocab)
+    split, vocab, _ = train_cli.prepare_data(args)
+    cfg = model_config(args, split.feature_dim)
+    model = build_model(cfg, len(vocab))
     optimizer = train_cli.build_optimizer(model, args)
     ckpt = load_checkpoint(args.resume)
-    assert resume(args, ckpt, model, optimizer, vocab)[0] == 1
+    assert resume(args, cfg, ckpt, model, optimizer, vocab)[0] == 1
     assert optimizer.state  # Adam moments restored ...
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05]  # ... flags kept
 

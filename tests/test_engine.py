@@ -4,8 +4,11 @@ from argparse import Namespace
 
 import torch
 
+from lib.data.batch import Batch
 from lib.engine import set_learning_rate, train_one_epoch
 from lib.losses import ContrastiveLoss
+from lib.models import Embeddings
+from lib.similarity import Similarity
 
 
 class _Loader(list):
@@ -21,12 +24,18 @@ class _Loader(list):
 
 
 class _Model(torch.nn.Module):
+    """One region and one token per item, so VHA + Mean scores are plain dot products."""
+
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.eye(3))
+        self.sim = Similarity("VHACoding", "MeanPooling")
 
     def forward(self, images, img_lens, captions, cap_lens):
-        return images @ self.w @ captions.t()
+        return Embeddings((images @ self.w)[:, None], img_lens, captions[:, None], cap_lens)
+
+    def score(self, emb):
+        return self.sim(emb.images, emb.img_lens, emb.captions, emb.cap_lens)
 
 
 def test_step_decay_and_bert_factor():
@@ -40,19 +49,20 @@ def test_step_decay_and_bert_factor():
 
 
 def test_warmup_sums_negatives_then_takes_the_hardest():
-    batch = {"images": torch.eye(3), "img_lens": torch.ones(3, dtype=torch.long),
-             "captions": torch.eye(3).flip(0), "cap_lens": torch.ones(3, dtype=torch.long),
-             "img_ids": torch.arange(3)}
+    batch = Batch(images=torch.eye(3), img_lens=torch.ones(3, dtype=torch.long),
+                  captions=torch.eye(3).flip(0), cap_lens=torch.ones(3, dtype=torch.long),
+                  cap_ids=torch.arange(3), img_ids=torch.arange(3))
     loader = _Loader(batch)
     args = Namespace(max_violation=False, vse_mean_warmup_epochs=1, grad_clip=2.0, log_step=10,
                      no_progress=True, batch_size=3)
     model, criterion = _Model(), ContrastiveLoss(margin=0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the loss is reproducible
-    scores = batch["images"] @ batch["captions"].t()
+    scores = batch.images @ batch.captions.t()
     warm = train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0, args)
-    assert criterion.max_violation is False and loader.dataset.epoch == 0
-    assert warm["loss"] == ContrastiveLoss(0.2, False)(scores, batch["img_ids"]).item()
+    assert loader.dataset.epoch == 0
+    assert warm["loss"] == criterion(scores, batch.img_ids, max_violation=False).item()
     hard = train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 1, args)
-    assert criterion.max_violation is True and loader.dataset.epoch == 1
-    assert hard["loss"] == ContrastiveLoss(0.2, True)(scores, batch["img_ids"]).item()
+    assert loader.dataset.epoch == 1
+    assert hard["loss"] == criterion(scores, batch.img_ids, max_violation=True).item()
     assert hard["loss"] != warm["loss"]
+    assert "max_violation" not in vars(criterion)  # the switch is an argument, not loss state

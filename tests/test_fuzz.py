@@ -9,7 +9,7 @@ from conftest import write_precomp
 
 from lib.data import DataError, open_split
 from lib.data.precomp import PairDataset
-from lib.data.text import VocabTokenizer
+from lib.data.tokenizers import VocabTokenizer
 from lib.data.vocab import build_vocab
 
 N_IMG, REGIONS, DIM = 6, 4, 8

@@ -1,7 +1,9 @@
+from argparse import Namespace
+
 import pytest
 import torch
 
-from lib.losses import ContrastiveLoss, InfoNCELoss
+from lib.losses import ContrastiveLoss, InfoNCELoss, build_criterion
 
 SCORES = torch.tensor([[0.8, 0.3, 0.6],
                        [0.5, 0.7, 0.2],
@@ -16,7 +18,7 @@ def test_sum_over_negatives_by_hand():
 
 
 def test_hardest_negative_by_hand():
-    loss = ContrastiveLoss(margin=0.3, max_violation=True)(SCORES, torch.arange(3))
+    loss = ContrastiveLoss(margin=0.3)(SCORES, torch.arange(3), max_violation=True)
     # row maxima 0.1, 0.1, 0.8; column maxima 0, 0.5, 0.5
     assert loss.item() == pytest.approx(1.0 + 1.0, abs=1e-6)
 
@@ -34,3 +36,13 @@ def test_infonce_by_hand():
     rows = -(logits.diag() - logits.logsumexp(1)).mean()
     cols = -(logits.diag() - logits.logsumexp(0)).mean()
     assert loss.item() == pytest.approx(((rows + cols) / 2).item(), abs=1e-6)
+
+
+def test_criteria_are_built_from_their_flags():
+    flags = Namespace(criterion="ContrastiveLoss", margin=0.3, temperature=0.5)
+    assert build_criterion(flags)(SCORES, torch.arange(3)).item() == pytest.approx(2.1, abs=1e-6)
+    flags.criterion = "InfoNCELoss"
+    assert build_criterion(flags).temperature == 0.5
+    flags.criterion = "Triplet"
+    with pytest.raises(ValueError, match="unknown --criterion 'Triplet'"):
+        build_criterion(flags)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.data import DataError
+from lib.errors import EvaluationError
 from lib.evaluation.metrics import fold_metrics, i2t_ranks, recall_metrics, t2i_ranks
 
 # 1:1 case. i2t ranks [0, 1, 1]; t2i ranks [0, 1, 1].
@@ -76,11 +76,11 @@ def test_ranks_match_stable_sort_reference_with_ties(seed):
 
 def test_numpy_input_and_bad_shape():
     assert recall_metrics(np.array(ONE_TO_ONE))["rsum"] == pytest.approx(200 / 3 + 400)
-    with pytest.raises(DataError, match="3 images x 7 captions"):
+    with pytest.raises(EvaluationError, match="3 images x 7 captions"):
         recall_metrics(torch.zeros(3, 7))
-    with pytest.raises(DataError, match="needs 5 x 1000 = 5000 images.*1000 images"):
+    with pytest.raises(EvaluationError, match="needs 5 x 1000 = 5000 images.*1000 images"):
         fold_metrics(torch.zeros(1000, 5000))  # a 1K split is not five 200-image folds
     nan_outside_folds = torch.eye(10).repeat_interleave(5, dim=1)
     nan_outside_folds[0, -1] = float("nan")
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(EvaluationError, match="NaN"):
         fold_metrics(nan_outside_folds, fold_images=2)

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from lib.checkpoint import load_checkpoint, save_checkpoint
-from lib.config import parse_train_args
+from lib.config import model_config, parse_train_args
 from lib.data import Vocabulary
-from lib.models import build_model
+from lib.losses import ContrastiveLoss
+from lib.models import ImageTextModel, Similarity, build_model
 from lib.models.context import SASE
 from lib.models.fusion import APPM, bin_matrices
 from lib.models.graph import TokenGraph, token_adjacency
@@ -168,6 +169,10 @@ def _args(name):
                              "--gnn_hidden", "16", "--gnn_threshold", "0.0"])
 
 
+def _cfg(name):
+    return model_config(_args(name))
+
+
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(4, 7, 24, generator=g), torch.tensor([7, 5, 7, 2]),
@@ -177,11 +182,11 @@ def _batch(seed=0):
 @pytest.mark.parametrize("name", sorted(CONFIG_FLAGS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model, criterion = build_model(_args(name), vocab=VOCAB)
+    model = build_model(_cfg(name), vocab_size=len(VOCAB))
     model.train()
-    criterion.max_violation = False  # every pair contributes
     images, img_lens, caps, cap_lens = _batch()
-    criterion(model(images, img_lens, caps, cap_lens), torch.arange(4)).backward()
+    scores = model.score(model(images, img_lens, caps, cap_lens))
+    ContrastiveLoss()(scores, torch.arange(4), max_violation=False).backward()  # every pair
     unused = {"txt_enc.embed.weight"}  # rows of unseen words only; checked separately below
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
@@ -193,18 +198,19 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", ["asdg", "mixed", "vse"])
 def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
     torch.manual_seed(0)
-    model, _ = build_model(_args(name), vocab=VOCAB)
+    model = build_model(_cfg(name), vocab_size=len(VOCAB))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))  # move away from any initial value
     save_checkpoint({"model": model.state_dict(), "config": {}}, tmp_path, is_best=True)
     torch.manual_seed(1)
-    fresh, _ = build_model(_args(name), vocab=VOCAB)
+    fresh = build_model(_cfg(name), vocab_size=len(VOCAB))
     fresh.load_state_dict(load_checkpoint(tmp_path / "model_best.pth")["model"])
     model.eval()
     fresh.eval()
     batch = _batch(1)
-    torch.testing.assert_close(fresh(*batch), model(*batch), rtol=0, atol=0)
+    torch.testing.assert_close(fresh.score(fresh(*batch)), model.score(model(*batch)), rtol=0,
+                               atol=0)
     for (n1, p1), (_, p2) in zip(model.state_dict().items(), fresh.state_dict().items(),
                                  strict=True):
         assert torch.equal(p1, p2), n1
@@ -213,16 +219,34 @@ def test_checkpoint_round_trip_restores_every_module(name, tmp_path):
 def test_optimizer_holds_every_learnable_parameter():
     import train
 
-    model, _ = build_model(_args("mixed"), vocab=VOCAB)
+    model = build_model(_cfg("mixed"), vocab_size=len(VOCAB))
     optimizer = train.build_optimizer(model, _args("mixed"))
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in model.parameters()} == in_optimizer
     assert model.sim.mix_logit is not None
 
 
+def test_parameter_groups_follow_module_declarations():
+    img_enc = torch.nn.Linear(2, 2)
+    txt_enc = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    txt_enc.lr_group = "slow"
+    txt_enc[1].lr_group = "slower"  # nested: wins for its own parameters
+    model = ImageTextModel(img_enc, txt_enc, Similarity("MixedCoding"))
+    groups = model.param_groups(1e-3, {"slow": 0.1, "slower": 0.01, "unused": 5.0}, 1e-4)
+    ids = [{id(p) for p in group["params"]} for group in groups]
+    assert ids == [{id(p) for p in (*img_enc.parameters(), model.sim.mix_logit)},
+                   {id(p) for p in txt_enc[0].parameters()},
+                   {id(p) for p in txt_enc[1].parameters()}]
+    assert [g["lr_factor"] for g in groups] == [1.0, 0.1, 0.01]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert {g["weight_decay"] for g in groups} == {1e-4}
+    with pytest.raises(ValueError, match=r"no learning-rate factor for group\(s\) \['slower'\]"):
+        model.param_groups(1e-3, {"slow": 0.1}, 0.0)
+
+
 def test_global_coding_pools_raw_features_then_normalises():
     """VSE∞: GPO sorts the unnormalised features; only the pooled vector is unit length."""
-    model, _ = build_model(_args("vse"), vocab=VOCAB)
+    model = build_model(_cfg("vse"), vocab_size=len(VOCAB))
     model.eval()
     images, img_lens, captions, cap_lens = _batch()
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 
 import lib.pretrained as pretrained
 from lib.data import DataError
-from lib.data.text import WordPieceTokenizer
+from lib.data.tokenizers import WordPieceTokenizer
 from lib.models.text import BertTextEncoder
 from lib.pretrained import resolve_pretrained
 

@@ -7,8 +7,7 @@ import torch
 import eval as eval_cli
 from lib.evaluation import PackedSequences, recall_metrics, score_matrix
 from lib.masking import l2norm
-from lib.models import Similarity
-from lib.similarity import CODINGS, POOLINGS, pairwise_sims
+from lib.similarity import CODINGS, POOLINGS, Similarity, pairwise_sims
 
 ALL = [(c, p) for c in CODINGS for p in POOLINGS if c != "global"] + [("global", "MeanPooling")]
 
@@ -30,8 +29,8 @@ def _embeddings(n_img, n_cap, seed=0, dim=16, regions=6, max_len=9):
 def test_blocked_scores_equal_reference(coding, pooling, n_img, n_cap, budget):
     imgs, img_lens, caps, cap_lens = _embeddings(n_img, n_cap)
     sim = Similarity(coding, pooling, alpha=0.2, belta=0.3)
-    if sim.mix_logit is not None:
-        sim.mix_logit.data.fill_(0.4)
+    for param in sim.parameters():  # MixedCoding's mix_logit
+        param.data.fill_(0.4)
     reference = pairwise_sims(imgs, img_lens, caps, cap_lens, coding, pooling, alpha=0.2,
                               belta=0.3, mix_logit=0.4)
     packed = PackedSequences.from_padded(caps, cap_lens)

@@ -3,7 +3,8 @@ import torch
 
 from lib.data import DataError, Vocabulary
 from lib.data.precomp import pad_sequences
-from lib.data.text import WordPieceTokenizer
+from lib.data.tokenizers import WordPieceTokenizer
+from lib.models import PRETRAINED_GROUP, ImageTextModel, Similarity
 from lib.models.text import BertTextEncoder, GRUTextEncoder
 
 
@@ -30,6 +31,15 @@ def test_bert_family_encoder_on_real_minilm(minilm_path):
     assert (batched[0, 1] - batched[0, 2]).abs().max() > 1e-3
 
 
+def test_pretrained_weights_form_their_own_learning_rate_group(minilm_path):
+    enc = BertTextEncoder(minilm_path, embed_size=32)
+    model = ImageTextModel(torch.nn.Linear(4, 32), enc, Similarity())
+    rest, pretrained = model.param_groups(5e-4, {PRETRAINED_GROUP: 0.1}, 1e-4)
+    assert {id(p) for p in pretrained["params"]} == {id(p) for p in enc.bert.parameters()}
+    assert pretrained["lr"] == pytest.approx(5e-5) and pretrained["lr_factor"] == 0.1
+    assert {id(p) for p in enc.linear.parameters()} <= {id(p) for p in rest["params"]}
+
+
 def test_gru_encoder_ignores_padding():
     torch.manual_seed(0)
     enc = GRUTextEncoder(vocab_size=20, word_dim=8, embed_size=16).eval()
@@ -49,11 +59,11 @@ def test_glove_initialisation(tmp_path):
     glove = tmp_path / "glove.txt"
     glove.write_text("dog 1 2 3 4\nzebra 9 9 9 9\ncat 0.5 0 0 -1\n")
     enc = GRUTextEncoder(len(vocab), word_dim=4, embed_size=8)
-    assert enc.load_word_vectors(glove, vocab) == 2
+    assert enc.load_word_vectors(glove, vocab.word2idx) == 2
     torch.testing.assert_close(enc.embed.weight[vocab("dog")], torch.tensor([1.0, 2, 3, 4]))
     torch.testing.assert_close(enc.embed.weight[vocab("cat")], torch.tensor([0.5, 0, 0, -1]))
     wrong_width = GRUTextEncoder(len(vocab), word_dim=300, embed_size=8)
     with pytest.raises(DataError, match=r"glove.txt:1: expected 300 values .* found 4"):
-        wrong_width.load_word_vectors(glove, vocab)
+        wrong_width.load_word_vectors(glove, vocab.word2idx)
     with pytest.raises(DataError, match="needs --wemb_path"):
-        enc.load_word_vectors(tmp_path / "missing.txt", vocab)
+        enc.load_word_vectors(tmp_path / "missing.txt", vocab.word2idx)

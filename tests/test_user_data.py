@@ -145,7 +145,7 @@ def test_a_5000_word_caption_is_cut_and_reported(tiny_toy, tmp_path, caplog):
     reports = [r.getMessage() for r in caplog.records if "were cut" in r.getMessage()]
     assert reports == [f"{split.caps_path}: 1 caption(s) longer than 128 tokens were cut to "
                        f"128 (--max_caption_tokens); the longest, line {LONG_LINE}, has 5002"]
-    longest = max(int(batch["cap_lens"].max()) for batch in loader)
+    longest = max(int(batch.cap_lens.max()) for batch in loader)
     assert longest == args.max_caption_tokens  # every batch stays bounded
 
 
@@ -168,7 +168,7 @@ def test_wordpiece_captions_are_cut_and_counted(tmp_path, minilm_path):
 
 
 def test_only_captions_with_enough_characters_are_tokenized(tiny_toy):
-    from lib.data.text import find_long_captions
+    from lib.data.tokenizers import find_long_captions
 
     class Counting:
         max_length = 6

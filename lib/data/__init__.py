@@ -1,12 +1,21 @@
-"""Data: SCAN precomp splits, tokenizers, loaders, and the embedded toy dataset."""
+"""Data: SCAN precomp splits, tokenizers, loaders, and the embedded toy dataset.
+
+``build_dataset(kind, data_path, split)`` opens one split of a dataset; the loaders turn it into
+batches (``batch.py``). A split is described by ``captions`` (list of str), ``num_images``,
+``num_captions``, ``image_of(caption_index)``, ``feature_dim`` and ``images()`` (a reader of one
+image's ``(R, img_dim)`` features by index, picklable into loader workers). A new kind of data
+is a function returning such a description, added to :data:`DATASET_KINDS`.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from .batch import Batch, CaptionBatch, ImageBatch
 from .precomp import (
     SPLITS,
     CaptionCollate,
@@ -20,15 +29,28 @@ from .precomp import (
     open_split,
 )
 from .naming import check_vocab_coverage, check_vocab_name, dataset_name
-from .text import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
+from .tokenizers import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
 from .vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "SPLITS", "DataError", "PrecompSplit", "open_split", "build_tokenizer", "load_vocab",
-    "train_loader", "eval_loaders", "Vocabulary", "dataset_name",
+    "SPLITS", "DATASET_KINDS", "Batch", "CaptionBatch", "ImageBatch", "DataError", "PrecompSplit",
+    "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader", "eval_loaders",
+    "Vocabulary", "dataset_name",
 ]
+
+
+# kind -> opener(data_path, split, img_dim) of a split description
+DATASET_KINDS = {"precomp": open_split}
+
+
+def build_dataset(kind: str, data_path: str | Path, split: str, img_dim: int | None = None):
+    """Open split ``split`` of the ``kind`` dataset at ``data_path``; ``img_dim``, when given, is
+    the expected feature width. Raises :class:`DataError` naming the bad file."""
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(DATASET_KINDS)}")
+    return DATASET_KINDS[kind](data_path, split, img_dim)
 
 
 def load_vocab(vocab_path: str, data_name: str, train_split: PrecompSplit | None = None
@@ -73,9 +95,9 @@ def train_loader(args, tokenizer, split: PrecompSplit) -> DataLoader:
 
 
 def eval_loaders(data_path: str, split_name: str, img_dim: int, tokenizer, batch_size: int,
-                 workers: int) -> tuple[DataLoader, DataLoader, PrecompSplit]:
+                 workers: int, kind: str = "precomp") -> tuple[DataLoader, DataLoader, object]:
     """Loaders over the split's images (each once) and captions (in file order)."""
-    split = open_split(data_path, split_name, img_dim)
+    split = build_dataset(kind, data_path, split_name, img_dim)
     report_long_captions(split, tokenizer)
     images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
                         collate_fn=collate_images)

@@ -1,5 +1,5 @@
-"""Errors about user-supplied data files."""
+"""``DataError``'s historical home; every user-facing error lives in ``lib/errors.py``."""
 
+from ..errors import DataError
 
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file and what was expected."""
+__all__ = ["DataError"]

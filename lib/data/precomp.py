@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .batch import Batch, CaptionBatch, ImageBatch
 from .errors import DataError
 from .vocab import read_lines
 
@@ -45,6 +46,10 @@ class PrecompSplit:
 
     def image_of(self, caption_index: int) -> int:
         return caption_index // self.im_div
+
+    def images(self) -> _Features:
+        """Reader of one image's ``(R, img_dim)`` features by index, opened in each process."""
+        return _Features(self.ims_path)
 
 
 def open_split(data_path: str | Path, split: str, img_dim: int | None = None) -> PrecompSplit:
@@ -163,7 +168,7 @@ class PairDataset(Dataset):
         self.region_drop = region_drop
         self.seed = seed
         self.epoch = 0
-        self.features = _Features(split.ims_path)
+        self.features = split.images()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -189,7 +194,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, split: PrecompSplit):
         self.split = split
-        self.features = _Features(split.ims_path)
+        self.features = split.images()
 
     def __len__(self) -> int:
         return self.split.num_images
@@ -227,15 +232,14 @@ class PairCollate:
         regions, tokens, cap_ids, img_ids = zip(*batch, strict=True)
         images, img_lens = pad_sequences(list(regions))
         captions, cap_lens = pad_sequences(list(tokens), self.pad_id)
-        return {"images": images, "img_lens": img_lens, "captions": captions,
-                "cap_lens": cap_lens, "cap_ids": torch.tensor(cap_ids),
-                "img_ids": torch.tensor(img_ids)}
+        return Batch(images, img_lens, captions, cap_lens, torch.tensor(cap_ids),
+                     torch.tensor(img_ids))
 
 
 def collate_images(batch):
     regions, ids = zip(*batch, strict=True)
     images, lengths = pad_sequences(list(regions))
-    return {"images": images, "img_lens": lengths, "ids": torch.tensor(ids)}
+    return ImageBatch(images, lengths, torch.tensor(ids))
 
 
 class CaptionCollate:
@@ -245,4 +249,4 @@ class CaptionCollate:
     def __call__(self, batch):
         tokens, ids = zip(*batch, strict=True)
         captions, lengths = pad_sequences(list(tokens), self.pad_id)
-        return {"captions": captions, "cap_lens": lengths, "ids": torch.tensor(ids)}
+        return CaptionBatch(captions, lengths, torch.tensor(ids))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.errors import DataError
+from ..errors import DataError
 
 IMAGE_THRESHOLD, TEXT_THRESHOLD = 2.5, 3.0
 ROW_BLOCK = 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.errors import DataError
+from ..errors import EvaluationError
 
 KEYS = ("r1", "r5", "r10", "medr", "meanr", "r1i", "r5i", "r10i", "medri", "meanri", "rsum")
 ROW_BLOCK_ELEMENTS = 2**26
@@ -51,7 +51,7 @@ def _summary(ranks: torch.Tensor) -> tuple[float, ...]:
 
 def _check_finite(sims: torch.Tensor) -> None:
     if not bool(torch.isfinite(sims).all()):
-        raise DataError("score matrix contains NaN or infinite values; no ranking is defined")
+        raise EvaluationError("score matrix contains NaN or infinite values; no ranking is defined")
 
 
 def recall_metrics(sims: torch.Tensor | np.ndarray, caps_per_image: int | None = None) -> dict:
@@ -61,8 +61,9 @@ def recall_metrics(sims: torch.Tensor | np.ndarray, caps_per_image: int | None =
     n_img, n_cap = sims.shape
     k = caps_per_image or n_cap // n_img
     if k < 1 or n_img * k != n_cap:
-        raise DataError(f"score matrix of {n_img} images x {n_cap} captions: the caption count "
-                        f"must be a multiple of the image count (rows: images, columns: captions)")
+        raise EvaluationError(f"score matrix of {n_img} images x {n_cap} captions: the caption "
+                              f"count must be a multiple of the image count (rows: images, "
+                              f"columns: captions)")
     i2t = _summary(i2t_ranks(sims, k))
     t2i = _summary(t2i_ranks(sims, k))
     metrics = dict(zip(KEYS[:10], (*i2t, *t2i), strict=True))
@@ -80,9 +81,9 @@ def fold_metrics(sims: torch.Tensor | np.ndarray, fold_images: int = 1000, folds
     _check_finite(sims)  # also outside the folds: a NaN anywhere means a broken model
     n_img, n_cap = sims.shape
     if n_img != folds * fold_images or n_cap % folds:
-        raise DataError(f"the {folds}-fold protocol needs {folds} x {fold_images} = "
-                        f"{folds * fold_images} images (COCO testall), but the score matrix is "
-                        f"{n_img} images x {n_cap} captions")
+        raise EvaluationError(f"the {folds}-fold protocol needs {folds} x {fold_images} = "
+                              f"{folds * fold_images} images (COCO testall), but the score "
+                              f"matrix is {n_img} images x {n_cap} captions")
     fc = n_cap // folds
     per_fold = [recall_metrics(sims[f * fold_images:(f + 1) * fold_images, f * fc:(f + 1) * fc])
                 for f in range(folds)]

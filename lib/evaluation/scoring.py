@@ -2,13 +2,15 @@
 
 Layout: image regions stay padded ``(N_img, R, D)`` (R <= 36); caption tokens are *packed*
 ``(T, D)`` with per-caption offsets, so no memory or FLOPs go to padding. Scores are computed in
-blocks sized from the free memory of the device:
+blocks sized here from the free memory of the device; what a block computes is the coding's
+business (``lib/similarity/codings.py``):
 
-* VHA coding (the published setting) takes a fast path: one matrix product of the image regions
-  of a block against the packed tokens of a caption range, a max over regions, then the pooling
-  on the (images, captions, tokens) values -- the FLOPs are those of the plain product.
-* Region-indexed codings (THA, VSA, mixed) build ``(images, captions, R, L)`` blocks over
-  captions sorted by length, so each block is padded only to its own longest caption.
+* a coding with a packed kernel (VHA, the published setting, and global) scores a block of
+  images against the packed tokens of a contiguous caption range; for VHA the FLOPs are those of
+  the plain product;
+* any other coding (THA, VSA, mixed) is scored by its padded reference on ``(images, captions,
+  R, L)`` blocks over captions sorted by length, so each block is padded only to its own
+  longest caption.
 
 Scores are float32 in every precision: ``bf16`` halves the storage of the embeddings, but the
 products of bfloat16 inputs are kept in float32 (``lib.precision.float32_products``), since
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..masking import l2norm, length_mask, masked_mean
-from ..precision import autocast, float32_products, matmul_mode, storage_dtype
-from ..similarity import TOKEN_CODINGS, apply_pooling
+from ..masking import length_mask
+from ..precision import autocast, matmul_mode, storage_dtype, with_index
+from ..similarity import padded_scores
 
 CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
 
@@ -74,14 +76,14 @@ def encode_split(model, image_loader, caption_loader, device: torch.device,
     images, img_lens, tokens, cap_lens = [], [], [], []
     with autocast(precision, device):
         for batch in tqdm(image_loader, desc="encode images", disable=not progress, leave=False):
-            emb, lens = model.encode_images(batch["images"].to(device, non_blocking=True),
-                                            batch["img_lens"].to(device))
+            batch = batch.to(device, non_blocking=True)
+            emb, lens = model.encode_images(batch.images, batch.img_lens)
             images.append(emb.to(dtype))
             img_lens.append(lens)
         for batch in tqdm(caption_loader, desc="encode captions", disable=not progress,
                           leave=False):
-            emb, lens = model.encode_captions(batch["captions"].to(device, non_blocking=True),
-                                              batch["cap_lens"].to(device))
+            batch = batch.to(device, non_blocking=True)
+            emb, lens = model.encode_captions(batch.captions, batch.cap_lens)
             packed = PackedSequences.from_padded(emb.to(dtype), lens)
             tokens.append(packed.data)
             cap_lens.append(lens)
@@ -95,8 +97,10 @@ def block_budget(device: torch.device, fraction: float = 0.25) -> int:
     """How many float32 elements one scoring intermediate may hold on ``device``.
 
     On CUDA: ``fraction`` of the free memory, where a cap set with
-    ``torch.cuda.set_per_process_memory_fraction`` counts as the card's size.
+    ``torch.cuda.set_per_process_memory_fraction`` counts as the card's size. ``cuda`` without
+    an index means the current device.
     """
+    device = with_index(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         cap = torch.cuda.get_per_process_memory_fraction(device) * total
@@ -109,61 +113,38 @@ def block_budget(device: torch.device, fraction: float = 0.25) -> int:
 def score_matrix(sim, images: torch.Tensor, img_lens: torch.Tensor, captions: PackedSequences,
                  precision: str = "fp32", max_elements: int | None = None,
                  progress: bool = False) -> torch.Tensor:
-    """``(N_img, N_cap)`` float32 scores of ``sim`` (a :class:`lib.models.Similarity`)."""
+    """``(N_img, N_cap)`` float32 scores of ``sim`` (a :class:`lib.similarity.Similarity`)."""
     device = images.device
     budget = max_elements or block_budget(device)
     dtype = storage_dtype(precision)
     images, captions = images.to(dtype), PackedSequences(captions.data.to(dtype), captions.lengths)
+    coding, pooling = sim.coding(), sim.pooling()
     with matmul_mode(precision):
-        if sim.coding == "global":
-            return _global_scores(images, img_lens, captions)
-        if sim.coding in TOKEN_CODINGS:
-            return _token_coding_scores(sim, images, img_lens, captions, budget, progress)
-        return _region_coding_scores(sim, images, img_lens, captions, budget, progress)
+        if coding.packed_scores is not None:
+            return _packed_scores(coding, pooling, images, img_lens, captions, budget, progress)
+        return _padded_scores(coding, pooling, images, img_lens, captions, budget, progress)
 
 
-def _global_scores(images, img_lens, captions):
-    """Cosine of mean region and mean token vectors, means taken straight from packed tokens."""
-    segment = torch.repeat_interleave(torch.arange(len(captions), device=images.device),
-                                      captions.lengths)  # (T,) caption of each token
-    cap_sum = images.new_zeros(len(captions), images.shape[-1], dtype=torch.float32)
-    cap_sum.index_add_(0, segment, captions.data.float())
-    img_vec = masked_mean(images.float(), length_mask(img_lens, images.shape[1]))
-    return l2norm(img_vec) @ l2norm(cap_sum / captions.lengths[:, None]).t()
-
-
-def _token_coding_scores(sim, images, img_lens, captions, budget, progress):
+def _packed_scores(coding, pooling, images, img_lens, captions, budget, progress):
+    """Blocks of ``img_step`` images x a caption range of at most ``tokens_per_block`` tokens,
+    sized for a ``(images, R, tokens)`` intermediate; the image step leaves room for at least 64
+    tokens (a few captions) per block."""
     n_img, n_reg, _ = images.shape
-    n_cap = len(captions)
-    out = torch.empty(n_img, n_cap, device=images.device)
-    region_pad = ~length_mask(img_lens, n_reg)  # (N_img, R)
-    any_pad = bool(region_pad.any())
-    offsets = captions.offsets
-    # Blocks of `img_step` images x a caption range of at most `tokens_per_block` tokens; the
-    # image step leaves room for at least 64 tokens (a few captions) per product.
+    out = torch.empty(n_img, len(captions), device=images.device)
+    region_mask = length_mask(img_lens, n_reg)  # (N_img, R)
     img_step = min(n_img, max(1, budget // (n_reg * 64)))
     tokens_per_block = max(int(captions.lengths.max()), budget // (img_step * n_reg))
     ranges = _caption_ranges(captions.lengths, tokens_per_block)
     bar = tqdm(total=len(ranges) * -(-n_img // img_step), desc="scoring", disable=not progress,
                leave=False)
     for c0, c1 in ranges:
-        t0 = int(offsets[c0])
+        t0 = int(captions.offsets[c0])
         lens = captions.lengths[c0:c1]
         tokens = captions.data[t0:t0 + int(lens.sum())]  # (T, D)
-        token_mask = length_mask(lens)  # (n_cap, L)
         for i0 in range(0, n_img, img_step):
-            block = images[i0:i0 + img_step]  # (n_img, R, D)
-            sims = float32_products(block.reshape(-1, block.shape[-1]), tokens.t())
-            sims = sims.view(len(block), n_reg, -1)  # (n_img, R, T)
-            if any_pad:
-                sims = sims.masked_fill(region_pad[i0:i0 + img_step, :, None],
-                                        torch.finfo(sims.dtype).min)
-            best = sims.amax(dim=1)  # (n_img, T): best region per token
-            # unpack tokens to (n_img, n_cap, L) padded per caption for the pooling
-            values = best.new_zeros(len(block), *token_mask.shape)
-            values[:, token_mask] = best
-            out[i0:i0 + img_step, c0:c1] = apply_pooling(values, token_mask[None], sim.pooling,
-                                                          sim.belta)
+            rows = slice(i0, i0 + img_step)
+            out[rows, c0:c1] = coding.packed_scores(images[rows], region_mask[rows], tokens, lens,
+                                                    pooling)
             bar.update()
     bar.close()
     return out
@@ -181,7 +162,8 @@ def _caption_ranges(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, i
     return ranges
 
 
-def _region_coding_scores(sim, images, img_lens, captions, budget, progress):
+def _padded_scores(coding, pooling, images, img_lens, captions, budget, progress):
+    """The coding's padded reference on blocks of captions sorted by length."""
     images = images.float()  # blocks are scored in float32 whatever the storage
     n_img, n_reg, _ = images.shape
     n_cap = len(captions)
@@ -200,9 +182,9 @@ def _region_coding_scores(sim, images, img_lens, captions, budget, progress):
         caps, lens = captions.to_padded(idx)  # (n_cap, L, D)
         caps = caps.float()
         for i0 in range(0, n_img, img_step):
-            out[i0:i0 + img_step, idx] = sim(images[i0:i0 + img_step],
-                                             img_lens[i0:i0 + img_step], caps, lens,
-                                             max_elements=budget)
+            rows = slice(i0, i0 + img_step)
+            out[rows, idx] = padded_scores(coding, pooling, images[rows], img_lens[rows], caps,
+                                           lens, max_elements=budget)
         bar.update(len(idx))
         start += len(idx)
     bar.close()

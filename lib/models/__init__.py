@@ -1,57 +1,19 @@
-"""Model construction: ``build_model(args) -> (model, criterion)``.
+"""The model: ``build_model(cfg: ModelConfig) -> ImageTextModel`` (``build.py``).
 
 Components (see docs/MODEL.md): image encoder (``image.py``, with APPM fusion from
 ``fusion.py`` and SASE from ``context.py``), text encoder (``text.py``, with the token graph of
-``graph.py``), optional global pooling (``pooling.py``) and the CHAN similarity (``chan.py``).
+``graph.py``), optional global pooling (``pooling.py``), the CHAN similarity
+(``lib/similarity/``) and the model holding them (``model.py``). ``config.py`` holds the
+:class:`ModelConfig` every builder takes.
 """
 
 from __future__ import annotations
 
-from ..data.vocab import Vocabulary
-from ..losses import build_criterion
-from .chan import ImageTextModel, Similarity
-from .fusion import APPM
-from .graph import TokenGraph
-from .image import PrecompImageEncoder
-from .pooling import GPO, MeanPool
-from .text import BertTextEncoder, GRUTextEncoder
+from ..similarity import Similarity
+from .build import build_image_encoder, build_model, build_text_encoder
+from .config import ModelConfig
+from .model import Embeddings, ImageTextModel
+from .text import PRETRAINED_GROUP
 
-__all__ = ["build_model", "ImageTextModel", "Similarity"]
-
-
-def build_model(args, vocab: Vocabulary | None = None, pretrained: bool = True):
-    """Build ``(model, criterion)`` from parsed training flags.
-
-    ``vocab`` is required for the BiGRU. With ``pretrained=False`` (rebuilding a checkpoint) no
-    pretrained weights are read: the BERT-family model is built from its config and GloVe vectors
-    are skipped, since the checkpoint's state dict replaces them anyway.
-    """
-    fusion = None
-    if args.fusion == "appm":
-        fusion = APPM(args.embed_size, args.fusion_dim, tuple(args.aspp_rates),
-                      tuple(args.ppm_bins), spatial_dims=1)
-    # global coding (VSE∞): pool the raw region/token features, normalise only the pooled vector
-    pooled = args.coding_type == "global"
-    img_enc = PrecompImageEncoder(args.img_dim, args.embed_size, args.precomp_enc_type,
-                                  no_imgnorm=args.no_imgnorm or pooled, fusion=fusion)
-    graph = TokenGraph(args.embed_size, args.gnn_hidden, args.gnn_threshold) \
-        if args.text_gnn else None
-    if args.text_enc_type == "bigru":
-        if vocab is None:
-            raise ValueError("the BiGRU text encoder needs a vocabulary")
-        txt_enc = GRUTextEncoder(len(vocab), args.word_dim, args.embed_size, args.num_layers,
-                                 no_txtnorm=args.no_txtnorm or pooled, graph=graph)
-        if pretrained and args.wemb_type == "glove":
-            txt_enc.load_word_vectors(args.wemb_path, vocab)
-    elif args.text_enc_type == "bert":
-        txt_enc = BertTextEncoder(args.bert_path, args.embed_size,
-                                  no_txtnorm=args.no_txtnorm or pooled, graph=graph,
-                                  pretrained=pretrained)
-    else:
-        raise ValueError(f"unknown --text_enc_type {args.text_enc_type!r} (bigru|bert)")
-    sim = Similarity(args.coding_type, args.pooling_type, args.alpha, args.belta)
-    img_pool = txt_pool = None
-    if pooled:
-        pool = {"gpo": GPO, "mean": MeanPool}[args.global_pool]
-        img_pool, txt_pool = pool(), pool()
-    return ImageTextModel(img_enc, txt_enc, sim, img_pool, txt_pool), build_criterion(args)
+__all__ = ["build_model", "build_image_encoder", "build_text_encoder", "Embeddings",
+           "ImageTextModel", "ModelConfig", "PRETRAINED_GROUP", "Similarity"]

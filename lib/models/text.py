@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..data.errors import DataError
+from ..errors import DataError
 from ..masking import l2norm, length_mask
 from ..pretrained import HINT, resolve_pretrained
+
+# learning-rate group of pretrained transformer weights (``--bert_lr_factor``)
+PRETRAINED_GROUP = "pretrained"
 
 
 class GRUTextEncoder(nn.Module):
@@ -25,8 +29,9 @@ class GRUTextEncoder(nn.Module):
         self.graph = graph
         self.normalize = not no_txtnorm
 
-    def load_word_vectors(self, path: str | Path, vocab) -> int:
-        """Initialise rows of vocabulary words from a GloVe text file; returns how many."""
+    def load_word_vectors(self, path: str | Path, word_index: Mapping[str, int]) -> int:
+        """Initialise the rows of ``word_index``'s words (word -> row) from a GloVe text file;
+        returns how many were found."""
         path = Path(path or "")
         if not path.is_file():
             raise DataError(f"--wemb_type glove needs --wemb_path: a GloVe text file "
@@ -39,7 +44,7 @@ class GRUTextEncoder(nn.Module):
                 if len(values) != width:
                     raise DataError(f"{path}:{line_no}: expected {width} values "
                                     f"(--word_dim {width}), found {len(values)}")
-                index = vocab.word2idx.get(word)
+                index = word_index.get(word)
                 if index is not None:
                     self.embed.weight[index] = torch.tensor([float(v) for v in values])
                     found += 1
@@ -74,6 +79,7 @@ class BertTextEncoder(nn.Module):
         except (OSError, ValueError) as err:
             raise DataError(f"cannot load the BERT-family model {bert_path!r} "
                             f"({str(err).splitlines()[0]}); {HINT}") from None
+        self.bert.lr_group = PRETRAINED_GROUP
         self.linear = nn.Linear(self.bert.config.hidden_size, embed_size)
         self.graph = graph
         self.normalize = not no_txtnorm
