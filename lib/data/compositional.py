@@ -1,13 +1,13 @@
 """A compositional synthetic dataset in the SCAN precomp format, generated on demand (not shipped).
 
-It is built so that a caption can only be matched to its image by aligning words with regions:
+It is built so that matching a caption to its image needs its words aligned with regions:
 
 * every image has 36 regions; an object covers 1-3 of them (object prototype + part prototype
   + colour prototype + noise), the rest are background clutter (some of it coloured), and the
   regions are shuffled, so their order says nothing;
 * a caption names 2-4 of the image's 4-7 objects, each with its colour ("a red dog next to a
   blue ball"), in one of several phrasings;
-* a few popular objects occur in about half of all images and colours are few, so the bag of
+* a few popular objects occur in about 60% of the images and colours are few, so the bag of
   objects and colours an image contains rarely singles it out: "a red dog next to a blue ball"
   and "a blue dog next to a red ball" have the same bag, and only binding each colour to the
   region of its object tells them apart. A mean-pooled (global) image vector sums the bag away;
@@ -16,7 +16,8 @@ It is built so that a caption can only be matched to its image by aligning words
     python -m lib.data.compositional --out data     # data/compositional/precomp/*, data/vocab/
 
 The generator refuses to replace a folder it did not write (its stamp file is ``GENERATOR``).
-``meta/{split}_objects.json`` records each image's objects, colours and regions.
+``meta/{split}_objects.json`` records each image's objects, colours and regions, and the
+objects each caption names.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def _split_index(name: str) -> int:
 def _layout_json(split: Split) -> list[dict]:
     """Per image: its objects (with regions) and, per caption, the indices of those it names."""
     return [{"objects": [thing.to_json() for thing in things],
-             "captions": [[things.index(t) for t in split.named[5 * i + c]]
+             "captions": [[things.index(t) for t in split.named[CAPTIONS_PER_IMAGE * i + c]]
                           for c in range(CAPTIONS_PER_IMAGE)]}
             for i, things in enumerate(split.things)]
 
