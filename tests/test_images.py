@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -375,6 +376,16 @@ def test_param_groups_give_the_frozen_trunk_its_lr_factor():
     assert trunk["lr"] == pytest.approx(5e-6) and trunk["lr_factor"] == 0.01
     assert len(trunk["params"]) == len(list(enc.backbone.parameters()))
     assert {id(p) for p in head["params"]} == {id(enc.fc.weight), id(enc.fc.bias)}
+
+
+def test_benchmark_grid_reports_images_per_second(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import benchmark_grid
+
+    benchmark_grid.main(["--backbone", "resnet18", "--image_size", "64", "--batch_size", "2",
+                         "--embed_size", "32", "--steps", "1", "--warmup", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "device: cpu" in out and "grid 2x2" in out and "images/s" in out
 
 
 def test_fixture_photos_are_real_jpegs(f30k):
