@@ -148,6 +148,9 @@ def test_missing_or_unreadable_image_names_file_and_mapping_entry(tmp_path):
     with pytest.raises(DataError) as err:
         RawImageDataset(s, 64)[0]
     assert f"image not found: {missing}" in str(err.value) and entry in str(err.value)
+    with pytest.raises(DataError, match=f"image not found: {missing}"):  # raised in a worker
+        next(iter(DataLoader(RawImageDataset(s, 64), num_workers=1,
+                             collate_fn=collate_raw_images)))
     broken = root / "flickr30k-images" / file_name("immunohistochemistry")
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=f"cannot read image {broken} .*image row 1"):
