@@ -82,10 +82,10 @@ class TimmTrunk(nn.Module):
         self.head_prefixes = tuple(f"{h}." for h in ([head] if isinstance(head, str) else head))
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
-        blocks = getattr(self.net, "blocks", None)
-        self.stage_depths = [len(stage) for stage in blocks] \
-            if isinstance(blocks, nn.Sequential) and all(
-                isinstance(stage, nn.Sequential) for stage in blocks) else None
+        blocks = getattr(self.net, "blocks", None)  # EfficientNet: a Sequential of stages
+        staged = isinstance(blocks, nn.Sequential) and all(
+            isinstance(stage, nn.Sequential) for stage in blocks)
+        self.stage_depths = [len(stage) for stage in blocks] if staged else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.net.forward_features(images)
