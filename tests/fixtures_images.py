@@ -91,8 +91,11 @@ UNUSED_IDS = {0: "999999.jpg", 5: "999998.jpg"}  # mapping entries of no split, 
 
 def photo(name: str) -> np.ndarray:
     """The scikit-image photo ``name``: uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB."""
-    import skimage.data
-
+    try:
+        import skimage.data
+    except ImportError:
+        raise ImportError("the raw-image tests need scikit-image's photos: "
+                          "pip install -r requirements-dev.txt") from None
     if name == "motorcycle":
         return skimage.data.stereo_motorcycle()[0]
     return getattr(skimage.data, name)()
