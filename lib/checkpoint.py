@@ -20,8 +20,9 @@ from .errors import CheckpointError, WriteError
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
 TEMP_SUFFIX = ".tmp"
 # Bumped when the same weights would compute something else. 2: the global (VSE∞) coding pools
-# unnormalised region/token features (1 normalised each of them first).
-VERSION = 2
+# unnormalised region/token features (1 normalised each of them first). 3: --precomp_enc_type
+# basic is CHAN's single FC layer; earlier checkpoints' "basic" (FC + MLP) reads as basic_mlp.
+VERSION = 3
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -29,10 +29,10 @@ def _embeddings(n_img, n_cap, seed=0, dim=16, regions=6, max_len=9):
 def test_blocked_scores_equal_reference(coding, pooling, n_img, n_cap, budget):
     imgs, img_lens, caps, cap_lens = _embeddings(n_img, n_cap)
     sim = Similarity(coding, pooling, alpha=0.2, belta=0.3)
-    for param in sim.parameters():  # MixedCoding's mix_logit
+    for param in sim.parameters():  # MixedCoding's mix_logit, AdaptiveMixedCoding's mix_param
         param.data.fill_(0.4)
     reference = pairwise_sims(imgs, img_lens, caps, cap_lens, coding, pooling, alpha=0.2,
-                              belta=0.3, mix_logit=0.4)
+                              belta=0.3, mix_logit=0.4, mix_param=0.4)
     packed = PackedSequences.from_padded(caps, cap_lens)
     # a tiny element budget forces blocks that cut through the caption list everywhere
     scores = score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=budget)

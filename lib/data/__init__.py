@@ -87,8 +87,9 @@ def report_long_captions(split: PrecompSplit, tokenizer) -> int:
 
 def train_loader(args, tokenizer, split: PrecompSplit) -> DataLoader:
     report_long_captions(split, tokenizer)
-    dataset = PairDataset(split, tokenizer, train=True,
-                          region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed)
+    # --drop switches caption augmentation and region drop together, as CHAN's flag does
+    dataset = PairDataset(split, tokenizer, train=args.drop, region_drop=args.obj_drop_rate,
+                          seed=args.seed)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                       num_workers=args.workers, collate_fn=PairCollate(tokenizer.pad_id),
                       pin_memory=torch.cuda.is_available())

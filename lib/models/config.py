@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 # and the BERT-family model's location (the same model may be resumed from another folder; a
 # different architecture fails when its weights load).
 NOT_COMPARED = {"compared": False}
+# Fields that configs saved before them lack, with the behaviour those models had.
+ADDED_LATER = {"appm_variant": "ours", "sase_variant": "ours", "attn_dropout": 0.1,
+               "layer_scale": 0.1}
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,18 @@ class ModelConfig:
     text_gnn: bool
     gnn_threshold: float
     gnn_hidden: int
+    appm_variant: str
+    sase_variant: str
+    attn_dropout: float
+    layer_scale: float | None
 
     @classmethod
     def from_dict(cls, values: Mapping) -> ModelConfig:
-        """The config from a mapping holding (at least) every field, e.g. ``vars(args)``."""
+        """The config from a mapping holding (at least) every field, e.g. ``vars(args)``.
+
+        Fields added after a config was saved take :data:`ADDED_LATER`'s values: what models
+        built before them computed."""
+        values = {**ADDED_LATER, **values}
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:
             raise KeyError(f"model config lacks {missing}")
