@@ -113,7 +113,8 @@ def run(args) -> dict:
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
              precision)
-    writer = SummaryWriter(args.logger_name or str(Path(args.model_name) / "log"))
+    tensorboard = args.logger_name or str(Path(args.model_name) / "log")
+    writer = SummaryWriter(tensorboard)
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
         stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
@@ -136,6 +137,10 @@ def run(args) -> dict:
     writer.close()
     if best:
         log.info("best dev epoch %d:\n%s", best["epoch"], format_metrics(best))
+    folder = Path(args.model_name)
+    log.info("written: %s (best dev epoch), %s (latest, --resume it), %s, %s, TensorBoard %s",
+             folder / "model_best.pth", folder / "checkpoint.pth", folder / "train.log",
+             folder / "environment.json", tensorboard)
     return best
 
 
