@@ -27,6 +27,7 @@ from lib.errors import DataError, UserError
 from lib.evaluation import format_metrics
 from lib.losses import build_criterion
 from lib.models import PRETRAINED_GROUP, build_model
+from lib.monitor import collapse_after_switch
 from lib.precision import resolve, resolve_device
 from lib.resume import check_run_folder, starting_point
 
@@ -115,6 +116,7 @@ def run(args) -> dict:
              precision)
     tensorboard = args.logger_name or str(Path(args.model_name) / "log")
     writer = SummaryWriter(tensorboard)
+    history = {}  # epoch -> dev rsum of this invocation, to notice a collapse
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
         stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
@@ -126,6 +128,10 @@ def run(args) -> dict:
                  metrics["r1"], metrics["r1i"])
         for key, value in metrics.items():
             writer.add_scalar(f"val/{key}", value, epoch)
+        history[epoch] = metrics["rsum"]
+        collapse = collapse_after_switch(history, args.vse_mean_warmup_epochs)
+        if collapse and not args.max_violation:
+            log.warning("%s", collapse)
         is_best = metrics["rsum"] > best.get("rsum", -1.0)
         if is_best:
             best = {"epoch": epoch, **metrics}
