@@ -102,3 +102,33 @@ def test_missing_out_dtype_overload_falls_back_to_upcasting(caplog):
     cuda_out_dtype_works.cache_clear()
     assert cuda_out_dtype_works(torch.device("cpu"), torch.bfloat16) is False
     assert "upcasts its blocks instead" in caplog.text
+
+
+def test_out_of_memory_retries_with_smaller_blocks(monkeypatch, caplog):
+    import lib.evaluation.scoring as scoring
+
+    imgs, img_lens, caps, cap_lens = _embeddings(5, 20)
+    sim = Similarity("VHACoding", "MeanPooling")
+    packed = PackedSequences.from_padded(caps, cap_lens)
+    reference = score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=2**20)
+    real, budgets = scoring._packed_scores, []
+
+    def fits_below(coding, pooling, images, lens, captions, budget, progress):
+        budgets.append(budget)
+        if budget > 2**18:  # a device that only fits blocks of 2**18 elements
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(coding, pooling, images, lens, captions, budget, progress)
+
+    monkeypatch.setattr(scoring, "_packed_scores", fits_below)
+    scores = score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=2**22)
+    assert budgets == [2**22, 2**20, 2**18]
+    torch.testing.assert_close(scores, reference, rtol=0, atol=1e-6)
+    assert "retrying with blocks of 1048576 elements instead of 4194304" in caplog.text
+
+    def never_fits(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(scoring, "_packed_scores", never_fits)
+    from lib.errors import EvaluationError
+    with pytest.raises(EvaluationError, match="out of memory on cpu even with blocks of 65536"):
+        score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=2**20)
