@@ -48,6 +48,8 @@ VARIANTS = {
     "asdg": ["--config", "asdg"],
     "asdg (ours)": ["--config", "asdg", "--appm_variant", "ours", "--sase_variant", "ours",
                     "--attn_dropout", "0.1", "--layer_scale", "0.1"],
+    "asdg+LayerScale": ["--config", "asdg", "--layer_scale", "0.1"],
+    "chan+GNN+LayerScale": ["--config", "chan", "--text_gnn", "--layer_scale", "0.1"],
     "chan_gru": ["--config", "chan_gru"],
     "vse": ["--config", "vse"],
 }
