@@ -16,8 +16,6 @@ from torch.utils.data import DataLoader
 
 from lib.data.errors import DataError
 from lib.data.images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ImagePairCollate,
     ImagePairDataset,
     RawImageDataset,
@@ -28,6 +26,7 @@ from lib.data.images import (
     prepare_image,
     resolve_image_size,
 )
+from lib.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from lib.models.backbone import BackboneGridEncoder, TimmTrunk, TorchvisionTrunk, build_trunk
 from lib.models.backbone import drop_cells as drop
 from lib.models.backbone_weights import efficientnet_lite_to_timm, read_state_dict

@@ -41,12 +41,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DataError
 from .precomp import DEV_CAPTIONS, item_generator, pad_sequences
 from .vocab import read_lines
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_FOLDERS = {"coco": "images", "f30k": "flickr30k-images"}
 MAPPING_FILE = "id_mapping.json"
 DEFAULT_IMAGE_SIZE = 512

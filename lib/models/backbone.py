@@ -1,6 +1,6 @@
 """Backbone grid encoder (``--precomp_enc_type backbone``): raw images -> grid-cell embeddings.
 
-Data flow for ``images (B, 3, S, S)`` (ImageNet-normalised, ``lib.data.images``)::
+Data flow for ``images (B, 3, S, S)`` (ImageNet-normalised by the loaders, ``lib.imagenet``)::
 
     trunk        CNN up to its last feature map                      (B, C, h, w)
                  (ResNet: h = w = S / 32, 16 x 16 at 512 px, C = 2048)
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..masking import l2norm, length_mask
 from .backbone_weights import load_weights
 
