@@ -205,8 +205,8 @@ def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
 def test_default_split_follows_the_data_folder(tmp_path):
     (tmp_path / "precomp").mkdir()
     assert eval_cli.default_split(str(tmp_path), None) == "test"  # Flickr30K layout
-    (tmp_path / "precomp" / "testall_ims.npy").touch()
+    (tmp_path / "precomp" / "testall_caps.txt").touch()  # features or raw images alike
     assert eval_cli.default_split(str(tmp_path), None) == "testall"  # COCO: the 5K protocol
     assert eval_cli.default_split(str(tmp_path), "f30k") == "test"
-    (tmp_path / "precomp" / "testall_ims.npy").unlink()
+    (tmp_path / "precomp" / "testall_caps.txt").unlink()
     assert eval_cli.default_split(str(tmp_path), None, "coco_precomp") == "testall"

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
-# Fields --resume does not compare: GloVe initialisation (the checkpoint's weights replace it)
-# and the BERT-family model's location (the same model may be resumed from another folder; a
-# different architecture fails when its weights load).
+# Fields --resume does not compare: GloVe initialisation (the checkpoint's weights replace it),
+# the location of the BERT-family model or of the backbone weights (the same model may be
+# resumed from another folder; a different architecture fails when its weights load), and the
+# grid's input side and cell drop (no weight depends on them: a run may go on at another size).
 NOT_COMPARED = {"compared": False}
 
 
@@ -42,6 +43,11 @@ class ModelConfig:
     text_gnn: bool
     gnn_threshold: float
     gnn_hidden: int
+    # raw images and backbone grids (--precomp_enc_type backbone)
+    backbone: str
+    backbone_path: str | None = field(metadata=NOT_COMPARED)
+    image_size: int | None = field(metadata=NOT_COMPARED)  # input side; None for region features
+    cell_drop_rate: float = field(metadata=NOT_COMPARED)
 
     @classmethod
     def from_dict(cls, values: Mapping) -> ModelConfig:
