@@ -25,7 +25,7 @@ from lib.checkpoint import atomic_write, load_checkpoint, load_weights
 from lib.config import dataset_kind, saved_model_config
 from lib.data import SPLITS, Vocabulary, build_tokenizer, dataset_name, eval_loaders
 from lib.environment import describe_environment
-from lib.errors import DataError, UserError
+from lib.errors import DataError, UserError, user_message
 from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
 from lib.models import build_model
 from lib.precision import PRECISIONS, resolve, resolve_device
@@ -178,4 +178,4 @@ if __name__ == "__main__":
     try:
         main()
     except (UserError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {user_message(err)}")

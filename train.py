@@ -23,7 +23,7 @@ from lib.data import (
 from lib.data.toy import EMBEDDED_ROOT, ensure_toy, is_embedded
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.environment import describe_environment
-from lib.errors import DataError, UserError
+from lib.errors import DataError, UserError, user_message
 from lib.evaluation import format_metrics
 from lib.losses import build_criterion
 from lib.models import BACKBONE_GROUP, GRID_ENCODER, PRETRAINED_GROUP, build_model
@@ -149,11 +149,12 @@ def follow_backbone_warmup(model, epoch: int, args) -> None:
         return
     frozen = epoch < args.embedding_warmup_epochs
     model.img_enc.freeze_backbone(frozen)
-    log.info("epoch %d: backbone %s", epoch, "frozen (warm-up)" if frozen else "trained")
+    if frozen or epoch == args.embedding_warmup_epochs:
+        log.info("epoch %d: backbone %s", epoch, "frozen (warm-up)" if frozen else "trained")
 
 
 if __name__ == "__main__":
     try:
         main()
     except (UserError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {user_message(err)}")
