@@ -76,39 +76,6 @@ def _trunk(state: dict) -> dict:
     return {k[len(TRUNK):]: v for k, v in state.items() if k.startswith(TRUNK)}
 
 
-def test_lite0_grid_trains_and_evaluates_through_the_cli(grid_root, lite0_path, tmp_path):
-    """Real ImageNet weights, 96 px (a 3 x 3 grid of 1,280-d cells), one warm-up epoch then one
-    with the backbone trained; eval.py scores the test split like any checkpoint."""
-    run = tmp_path / "lite0"
-    done = _cli("train.py", "--data_path", str(grid_root / "f30k"), "--text_enc_type", "bigru",
-                "--embed_size", "32", "--word_dim", "32", "--batch_size", "8", "--workers", "1",
-                "--precomp_enc_type", "backbone", "--backbone", "tf_efficientnet_lite0",
-                "--backbone_path", lite0_path, "--input_scale_factor", "0.375",
-                "--embedding_warmup_epochs", "1", "--num_epochs", "2", "--no_progress",
-                "--model_name", str(run))
-    assert done.returncode == 0, done.stderr[-3000:]
-    log = (run / "train.log").read_text()
-    assert "epoch 0: backbone frozen (warm-up)" in log and "epoch 1: backbone trained" in log
-    ckpt = load_checkpoint(run / LATEST)
-    cfg = ckpt["model_config"]
-    assert (cfg["precomp_enc_type"], cfg["backbone"], cfg["image_size"], cfg["img_dim"]) == \
-        ("backbone", "tf_efficientnet_lite0", 96, None)  # 256 x 0.375, VSE∞'s scale
-    factors = sorted(g["lr_factor"] for g in ckpt["optimizer"]["param_groups"])
-    assert factors == [0.01, 1.0]
-
-    metrics_file, results = tmp_path / "metrics.json", tmp_path / "sims.npy"
-    done = _cli("eval.py", "--model_path", str(run / BEST), "--split", "test",
-                "--metrics_out", str(metrics_file), "--save_results", str(results))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "encode images" in done.stderr  # progress shown
-    assert "2 images x 10 captions scored" in done.stderr
-    metrics = json.loads(metrics_file.read_text())
-    assert {"r1", "r1i", "rsum"} <= set(metrics) and 0 < metrics["rsum"] <= 600
-    saved = np.load(results, allow_pickle=True).item()
-    assert saved["npts"] == 2 and saved["sims"].shape == (2, 10)
-    assert np.isfinite(saved["sims"]).all() and np.abs(saved["sims"]).max() <= 1 + 1e-5
-
-
 def test_warmup_freezes_the_backbone_then_trains_it_and_resume_is_exact(grid_root, tmp_path):
     """Epoch 0 (warm-up) leaves every trunk tensor as the file gave it; epoch 1 trains the trunk
     but never its BatchNorm statistics; 1 + 1 resumed epochs equal 2 straight ones."""
@@ -241,3 +208,39 @@ def test_missing_or_unreadable_image_is_one_line_naming_the_file(grid_root, tmp_
             f"\"{image_id('coffee')}\": \"{file_name('coffee')}\"); 1 of the 8 images of "
             f"split 'train' are missing")):
         train_cli.main([*args, "--overwrite"])
+
+
+def test_lite0_grid_trains_and_evaluates_through_the_scripts(grid_root, lite0_path, tmp_path):
+    """``FEATURES=grid`` in scripts/train.sh and eval.sh (train.py and eval.py underneath), with
+    EfficientNet-Lite0's real ImageNet weights at 96 px (a 3 x 3 grid of 1,280-d cells): one
+    warm-up epoch, one with the backbone trained, then the test split scored."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHON": sys.executable, "DATASET": "f30k", "CONFIG": "chan",
+           "DATA_PATH": str(grid_root / "f30k"), "FEATURES": "grid",
+           "BACKBONE": "tf_efficientnet_lite0", "BACKBONE_PATH": lite0_path, "RUN": str(run),
+           "OMP_NUM_THREADS": "1"}
+    small = ["--text_enc_type", "bigru", "--embed_size", "32", "--word_dim", "32",
+             "--batch_size", "8", "--workers", "1", "--input_scale_factor", "0.375",
+             "--num_epochs", "2", "--no_progress"]
+    done = subprocess.run(["sh", str(REPO / "scripts" / "train.sh"), *small], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert "epoch 0: backbone frozen (warm-up)" in log and "epoch 1: backbone trained" in log
+    ckpt = load_checkpoint(run / LATEST)
+    cfg = ckpt["model_config"]
+    assert (cfg["precomp_enc_type"], cfg["backbone"], cfg["image_size"], cfg["img_dim"]) == \
+        ("backbone", "tf_efficientnet_lite0", 96, None)  # 256 x 0.375, VSE∞'s scale
+    assert sorted(g["lr_factor"] for g in ckpt["optimizer"]["param_groups"]) == [0.01, 1.0]
+
+    done = subprocess.run(["sh", str(REPO / "scripts" / "eval.sh")],
+                          env={**env, "BACKBONE_PATH": ""}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "encode images" in done.stderr  # progress shown
+    assert "2 images x 10 captions scored" in done.stderr
+    metrics = json.loads((run / "metrics_test.json").read_text())
+    assert {"r1", "r1i", "rsum"} <= set(metrics) and 0 < metrics["rsum"] <= 600
+    saved = np.load(run / "sims_test.npy", allow_pickle=True).item()
+    assert saved["npts"] == 2 and saved["sims"].shape == (2, 10)
+    assert np.isfinite(saved["sims"]).all() and np.abs(saved["sims"]).max() <= 1 + 1e-5
