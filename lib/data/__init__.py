@@ -46,9 +46,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "DATASET_KINDS", "Batch", "CaptionBatch", "ImageBatch", "DataError", "PrecompSplit",
-    "ImageSplit",
-    "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader", "eval_loaders",
-    "Vocabulary", "dataset_name",
+    "ImageSplit", "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader",
+    "eval_loaders", "Vocabulary", "dataset_name",
 ]
 
 

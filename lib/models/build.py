@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..similarity import Similarity, coding_class
-from .backbone import BackboneGridEncoder
+from .backbone import GRID_ENCODER, BackboneGridEncoder
 from .config import ModelConfig
 from .fusion import APPM
 from .graph import TokenGraph
@@ -54,7 +54,7 @@ def build_image_encoder(cfg: ModelConfig, normalize: bool = True,
     ``normalize=False`` asks it to leave the L2 norm to global pooling; ``pretrained=False``
     leaves a backbone random, for a checkpoint's weights to replace.
     """
-    grid = cfg.precomp_enc_type == "backbone"
+    grid = cfg.precomp_enc_type == GRID_ENCODER
     fusion = None
     if cfg.fusion == "appm":  # over the region sequence, or in 2-D over the whole grid
         fusion = APPM(cfg.embed_size, cfg.fusion_dim, tuple(cfg.aspp_rates),
