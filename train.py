@@ -27,6 +27,7 @@ from lib.errors import DataError, UserError, user_message
 from lib.evaluation import format_metrics
 from lib.losses import build_criterion
 from lib.models import BACKBONE_GROUP, GRID_ENCODER, PRETRAINED_GROUP, build_model
+from lib.monitor import collapse_after_switch
 from lib.precision import resolve, resolve_device
 from lib.resume import check_run_folder, starting_point
 
@@ -114,7 +115,9 @@ def run(args) -> dict:
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
              precision)
-    writer = SummaryWriter(args.logger_name or str(Path(args.model_name) / "log"))
+    tensorboard = args.logger_name or str(Path(args.model_name) / "log")
+    writer = SummaryWriter(tensorboard)
+    history = {}  # epoch -> dev rsum of this invocation, to notice a collapse
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
         follow_backbone_warmup(model, epoch, args)
@@ -127,6 +130,10 @@ def run(args) -> dict:
                  metrics["r1"], metrics["r1i"])
         for key, value in metrics.items():
             writer.add_scalar(f"val/{key}", value, epoch)
+        history[epoch] = metrics["rsum"]
+        collapse = collapse_after_switch(history, args.vse_mean_warmup_epochs)
+        if collapse and not args.max_violation:
+            log.warning("%s", collapse)
         is_best = metrics["rsum"] > best.get("rsum", -1.0)
         if is_best:
             best = {"epoch": epoch, **metrics}
@@ -138,6 +145,10 @@ def run(args) -> dict:
     writer.close()
     if best:
         log.info("best dev epoch %d:\n%s", best["epoch"], format_metrics(best))
+    folder = Path(args.model_name)
+    log.info("written: %s (best dev epoch), %s (latest, --resume it), %s, %s, TensorBoard %s",
+             folder / "model_best.pth", folder / "checkpoint.pth", folder / "train.log",
+             folder / "environment.json", tensorboard)
     return best
 
 

@@ -43,6 +43,7 @@ def test_train_checkpoint_eval_cli(tiny_toy, tmp_path, monkeypatch):
     done = _cli("train.py", *_train_args(tiny_toy, run, "--num_epochs", "3"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / LATEST).is_file() and (run / BEST).is_file() and (run / "train.log").is_file()
+    assert f"written: {run / BEST} (best dev epoch), {run / LATEST} (latest" in done.stdout
     assert any((run / "log").iterdir())  # TensorBoard event file
     ckpt = load_checkpoint(run / LATEST)
     assert ckpt["epoch"] == 3 and ckpt["config"]["embed_size"] == 256 and ckpt["vocab"]
@@ -181,7 +182,7 @@ def test_cli_reports_bad_input_in_one_line(tiny_toy, tmp_path, problem):
     elif problem == "corrupt_checkpoint":
         (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
         done = _cli("eval.py", "--model_path", str(tmp_path / "bad.pth"))
-        expected = "bad.pth: not a readable checkpoint"
+        expected = "bad.pth: not a PyTorch checkpoint"
     elif problem == "missing_bert":
         done = _cli("train.py", *_train_args(tiny_toy, tmp_path / "r", "--text_enc_type", "bert",
                                              "--bert_path", str(tmp_path / "no-model")))

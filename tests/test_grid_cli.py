@@ -24,7 +24,7 @@ from fixtures_images import CAPTIONS, SPLITS, file_name, image_id, write_f30k_im
 
 import eval as eval_cli
 import train as train_cli
-from lib.checkpoint import BEST, LATEST, load_checkpoint
+from lib.checkpoint import BEST, LATEST, VERSION, load_checkpoint
 from lib.config import model_config, parse_train_args, saved_model_config
 from lib.data.vocab import build_vocab
 from lib.errors import DataError
@@ -146,7 +146,8 @@ def test_checkpoint_config_from_before_the_grid_flags_loads(grid_root, tmp_path)
     region = {**cfg, "precomp_enc_type": "basic", "img_dim": 256}
     older = {k: v for k, v in region.items()
              if k not in ("backbone", "backbone_path", "image_size", "cell_drop_rate")}
-    saved = saved_model_config({"model_config": older, "config": {}}, "old.pth")
+    saved = saved_model_config({"model_config": older, "config": {}, "version": VERSION},
+                               "old.pth")
     assert (saved.precomp_enc_type, saved.img_dim, saved.backbone, saved.image_size) == \
         ("basic", 256, "resnet152", None)
 

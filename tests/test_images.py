@@ -196,6 +196,17 @@ def test_training_augmentation_is_a_function_of_seed_epoch_and_item(f30k):
     assert not torch.equal(item[0], other_seed[12][0])
 
 
+def test_no_drop_leaves_captions_alone_but_still_crops_images(f30k):
+    """``--no-drop`` turns caption augmentation off; raw images are always augmented."""
+    s = open_image_split(f30k, "train")
+    plain = ImagePairDataset(s, CharTokenizer(), image_size=48)[12]
+    kept = ImagePairDataset(s, CharTokenizer(), train=True, image_size=48, seed=7,
+                            augment_captions=False)[12]
+    augmented = ImagePairDataset(s, CharTokenizer(), train=True, image_size=48, seed=7)[12]
+    assert torch.equal(kept[1], plain[1]) and not torch.equal(augmented[1], plain[1])
+    assert torch.equal(kept[0], augmented[0]) and not torch.equal(kept[0], plain[0])
+
+
 def test_batches_do_not_depend_on_the_number_of_workers(f30k):
     s = open_image_split(f30k, "train")
     data = ImagePairDataset(s, CharTokenizer(), train=True, image_size=32, seed=1)

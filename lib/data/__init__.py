@@ -98,13 +98,15 @@ def report_long_captions(split: PrecompSplit | ImageSplit, tokenizer) -> int:
 
 def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit) -> DataLoader:
     report_long_captions(split, tokenizer)
-    if isinstance(split, ImageSplit):  # decoded, cropped, resized and flipped in the workers
+    # --drop switches caption augmentation and region drop together, as CHAN's flag does;
+    # raw images are always cropped and flipped (decoded in the workers), their cells dropped
+    # by the grid encoder
+    if isinstance(split, ImageSplit):
         dataset = ImagePairDataset(split, tokenizer, train=True, image_size=args.image_size,
-                                   seed=args.seed)
+                                   seed=args.seed, augment_captions=args.drop)
         collate = ImagePairCollate(tokenizer.pad_id)
     else:
-        dataset = PairDataset(split, tokenizer, train=True,
-                              region_drop=args.obj_drop_rate if args.drop else 0.0,
+        dataset = PairDataset(split, tokenizer, train=args.drop, region_drop=args.obj_drop_rate,
                               seed=args.seed)
         collate = PairCollate(tokenizer.pad_id)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,

@@ -260,19 +260,22 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 
 class ImagePairDataset(Dataset):
-    """(image, caption tokens, caption index, image row) per caption; augments when ``train``.
+    """(image, caption tokens, caption index, image row) per caption; augments when ``train``
+    (the captions too unless ``augment_captions`` is False: ``--no-drop``).
 
     The image augmentation and the caption augmentation share one per-item generator (image
     draws first), so an item is a pure function of (seed, epoch, index).
     """
 
     def __init__(self, split: ImageSplit, tokenizer, train: bool = False,
-                 image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0):
+                 image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
+                 augment_captions: bool = True):
         self.split = split
         self.tokenizer = tokenizer
         self.train = train
         self.image_size = image_size
         self.seed = seed
+        self.augment_captions = augment_captions
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -285,7 +288,8 @@ class ImagePairDataset(Dataset):
         img_index = self.split.image_of(index)
         gen = item_generator(self.seed, self.epoch, index) if self.train else None
         image = prepare_image(load_pixels(self.split, img_index), self.image_size, gen)
-        tokens = self.tokenizer.encode(self.split.captions[index], gen)
+        tokens = self.tokenizer.encode(self.split.captions[index],
+                                       gen if self.augment_captions else None)
         return image, torch.tensor(tokens, dtype=torch.long), index, img_index
 
 

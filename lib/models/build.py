@@ -14,7 +14,7 @@ from torch import nn
 from ..similarity import Similarity, coding_class
 from .backbone import GRID_ENCODER, BackboneGridEncoder
 from .config import ModelConfig
-from .fusion import APPM
+from .fusion import APPM, SeedAPPM
 from .graph import TokenGraph
 from .image import PrecompImageEncoder
 from .model import ImageTextModel
@@ -54,24 +54,34 @@ def build_image_encoder(cfg: ModelConfig, normalize: bool = True,
     ``normalize=False`` asks it to leave the L2 norm to global pooling; ``pretrained=False``
     leaves a backbone random, for a checkpoint's weights to replace.
     """
-    grid = cfg.precomp_enc_type == GRID_ENCODER
-    fusion = None
-    if cfg.fusion == "appm":  # over the region sequence, or in 2-D over the whole grid
-        fusion = APPM(cfg.embed_size, cfg.fusion_dim, tuple(cfg.aspp_rates),
-                      tuple(cfg.ppm_bins), spatial_dims=2 if grid else 1)
-    if grid:
+    if cfg.precomp_enc_type == GRID_ENCODER:  # APPM in 2-D over the whole grid
         return BackboneGridEncoder(cfg.backbone, cfg.embed_size,
-                                   cfg.backbone_path if pretrained else None, fusion,
-                                   cfg.cell_drop_rate, no_imgnorm=cfg.no_imgnorm or not normalize)
+                                   cfg.backbone_path if pretrained else None,
+                                   build_fusion(cfg, spatial_dims=2), cfg.cell_drop_rate,
+                                   no_imgnorm=cfg.no_imgnorm or not normalize)
     return PrecompImageEncoder(cfg.img_dim, cfg.embed_size, cfg.precomp_enc_type,
-                               no_imgnorm=cfg.no_imgnorm or not normalize, fusion=fusion)
+                               no_imgnorm=cfg.no_imgnorm or not normalize,
+                               fusion=build_fusion(cfg, spatial_dims=1),
+                               sase_variant=cfg.sase_variant, attn_dropout=cfg.attn_dropout,
+                               layer_scale=cfg.layer_scale)
+
+
+def build_fusion(cfg: ModelConfig, spatial_dims: int) -> nn.Module | None:
+    """APPM over regions (1-D, detector order) or grid cells (2-D), in ``cfg.appm_variant``."""
+    if cfg.fusion != "appm":
+        return None
+    rates, bins = tuple(cfg.aspp_rates), tuple(cfg.ppm_bins)
+    if cfg.appm_variant == "seed":
+        return SeedAPPM(cfg.embed_size, cfg.fusion_dim, rates, bins, spatial_dims)
+    return APPM(cfg.embed_size, cfg.fusion_dim, rates, bins, spatial_dims,
+                layer_scale=cfg.layer_scale)
 
 
 def build_text_encoder(cfg: ModelConfig, vocab_size: int | None = None,
                        word_index: Mapping[str, int] | None = None, pretrained: bool = True,
                        normalize: bool = True) -> nn.Module:
     """Token ids ``(B, L)`` + lengths -> embeddings ``(B, L, D)``, zero padded."""
-    graph = TokenGraph(cfg.embed_size, cfg.gnn_hidden, cfg.gnn_threshold) \
+    graph = TokenGraph(cfg.embed_size, cfg.gnn_hidden, cfg.gnn_threshold, cfg.layer_scale) \
         if cfg.text_gnn else None
     no_txtnorm = cfg.no_txtnorm or not normalize
     if cfg.text_enc_type == "bert":

@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 # resumed from another folder; a different architecture fails when its weights load), and the
 # grid's input side and cell drop (no weight depends on them: a run may go on at another size).
 NOT_COMPARED = {"compared": False}
+# Fields that configs saved before them lack, with the behaviour those models had.
+ADDED_LATER = {"appm_variant": "ours", "sase_variant": "ours", "attn_dropout": 0.1,
+               "layer_scale": 0.1, "backbone": "resnet152", "backbone_path": None,
+               "image_size": None, "cell_drop_rate": 0.2}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class ModelConfig:
     text_gnn: bool
     gnn_threshold: float
     gnn_hidden: int
+    appm_variant: str
+    sase_variant: str
+    attn_dropout: float
+    layer_scale: float | None
     # raw images and backbone grids (--precomp_enc_type backbone)
     backbone: str
     backbone_path: str | None = field(metadata=NOT_COMPARED)
@@ -51,7 +59,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping) -> ModelConfig:
-        """The config from a mapping holding (at least) every field, e.g. ``vars(args)``."""
+        """The config from a mapping holding (at least) every field, e.g. ``vars(args)``.
+
+        Fields added after a config was saved take :data:`ADDED_LATER`'s values: what models
+        built before them computed."""
+        values = {**ADDED_LATER, **values}
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:
             raise KeyError(f"model config lacks {missing}")

@@ -24,6 +24,11 @@ class Embeddings:
     captions: torch.Tensor  # (B, L', D) token embeddings
     cap_lens: torch.Tensor  # (B,) valid tokens
 
+    def float(self) -> Embeddings:
+        """The same embeddings in float32 (e.g. to score bf16 encoder outputs exactly)."""
+        return Embeddings(self.images.float(), self.img_lens, self.captions.float(),
+                          self.cap_lens)
+
 
 class ImageTextModel(nn.Module):
     """``img_enc``: regions -> (B, R, D); ``txt_enc``: tokens -> (B, L, D); ``sim``: scores.
