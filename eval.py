@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
-from lib.config import saved_model_config
+from lib.config import dataset_kind, saved_model_config
 from lib.data import SPLITS, Vocabulary, build_tokenizer, dataset_name, eval_loaders
 from lib.environment import describe_environment
-from lib.errors import DataError, UserError
+from lib.errors import DataError, UserError, user_message
 from lib.evaluation import (
     encode_split,
     fold_metrics,
@@ -128,13 +128,15 @@ def default_split(data_path: str, dataset: str | None, trained_on: str = "") -> 
     """
     if dataset:
         return DEFAULT_SPLIT.get(dataset, "test")
-    has_testall = (Path(data_path) / "precomp" / "testall_ims.npy").is_file()
+    has_testall = (Path(data_path) / "precomp" / "testall_caps.txt").is_file()  # any layout
     return "testall" if has_testall or trained_on.removesuffix("_precomp") == "coco" else "test"
 
 
 def load_model(model_path: str, device: torch.device):
     """The model of a checkpoint (its model config and vocabulary are stored inside), that
-    config, the training run's flags (data location, tokenizer settings) and the vocabulary."""
+    config, the training run's flags (data location, tokenizer settings) and the vocabulary.
+    No pretrained file (BERT weights, GloVe, ``--backbone_path``) is read: the checkpoint's
+    weights replace them."""
     ckpt = load_checkpoint(model_path)
     cfg = saved_model_config(ckpt, model_path)
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
@@ -165,7 +167,7 @@ def score_checkpoint(args, device: torch.device):
     split = args.split or default_split(data_path, args.dataset, flags.data_name)
     images, captions, opened = eval_loaders(data_path, split, cfg.img_dim,
                                             build_tokenizer(flags, vocab), args.batch_size,
-                                            args.workers)
+                                            args.workers, dataset_kind(cfg), cfg.image_size)
     if args.fold5 and opened.num_images != 5 * FOLD_IMAGES:  # refuse before any scoring
         raise DataError(f"--fold5 needs the 5 x {FOLD_IMAGES} = {5 * FOLD_IMAGES} images of COCO "
                         f"testall, but {data_path} split {split} has {opened.num_images}")
@@ -227,4 +229,4 @@ if __name__ == "__main__":
     try:
         main()
     except (UserError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {user_message(err)}")

@@ -7,9 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from .data.images import resolve_image_size
 from .data.naming import dataset_name
 from .errors import CheckpointError, DataError
 from .losses import CRITERIA
+from .models.backbone import GRID_ENCODER, backbone_source
 from .models.config import ADDED_LATER, ModelConfig
 from .models.context import ATTENTION_HEADS
 from .models.image import IMAGE_ENCODERS
@@ -63,7 +65,7 @@ def parse_train_args(argv: list[str] | None = None) -> argparse.Namespace:
     if known.config:
         parser.set_defaults(**NAMED_CONFIGS[known.config])
     args = parser.parse_args(argv)
-    problem = _flag_problem(args)
+    problem = _flag_problem(args) or _grid_flag_problem(args)
     if problem:
         parser.error(problem)
     try:
@@ -100,6 +102,48 @@ def _flag_problem(args) -> str | None:
                 f"heads: --embed_size must be a multiple of {ATTENTION_HEADS}, got "
                 f"{args.embed_size}")
     return None
+
+
+# Raw-image flags and their defaults; any other value without --precomp_enc_type backbone is
+# refused, since region features would silently ignore it.
+GRID_DEFAULTS = {"backbone": "resnet152", "backbone_path": None, "backbone_lr_factor": 0.01,
+                 "embedding_warmup_epochs": 0, "image_size": None, "input_scale_factor": None,
+                 "cell_drop_rate": 0.2}
+
+
+def _grid_flag_problem(args) -> str | None:
+    """What is wrong with the raw-image flags; when nothing, ``args.image_size`` becomes the
+    side the loaders use (from ``--image_size`` or ``--input_scale_factor``)."""
+    if args.precomp_enc_type != GRID_ENCODER:
+        given = [f"--{flag}" for flag, default in GRID_DEFAULTS.items()
+                 if getattr(args, flag) != default]
+        if given:
+            return (f"{', '.join(given)}: raw-image settings, which region features would "
+                    f"ignore; add --precomp_enc_type {GRID_ENCODER} to train on raw images")
+        return None
+    if args.img_dim is not None:
+        return (f"--img_dim is the width of region features; with --precomp_enc_type "
+                f"{GRID_ENCODER} the backbone decides it")
+    if not args.backbone_path:
+        return (f"--precomp_enc_type {GRID_ENCODER} needs --backbone_path FILE, local weights "
+                f"for --backbone {args.backbone} (nothing is downloaded)")
+    if not Path(args.backbone_path).is_file():
+        return f"--backbone_path {args.backbone_path}: no such file"
+    if not 0 <= args.cell_drop_rate < 1:
+        return f"--cell_drop_rate must be in [0, 1), got {args.cell_drop_rate}"
+    if args.embedding_warmup_epochs < 0:
+        return f"--embedding_warmup_epochs must be at least 0, got {args.embedding_warmup_epochs}"
+    try:
+        backbone_source(args.backbone)
+        args.image_size = resolve_image_size(args.image_size, args.input_scale_factor)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def dataset_kind(config) -> str:
+    """The ``DATASET_KINDS`` entry a model of ``config`` (flags or a ModelConfig) reads."""
+    return "images" if config.precomp_enc_type == GRID_ENCODER else "precomp"
 
 
 def model_config(args, img_dim: int | None = None) -> ModelConfig:
@@ -178,9 +222,10 @@ def train_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--embed_size", type=int, default=1024, help="joint embedding width")
-    g.add_argument("--precomp_enc_type", default="basic", choices=IMAGE_ENCODERS,
+    g.add_argument("--precomp_enc_type", default="basic", choices=(*IMAGE_ENCODERS, GRID_ENCODER),
                    help="image encoder over region features: basic (one FC, CHAN), basic_mlp "
-                   "(FC + residual MLP, VSE∞'s basic), selfattention, sase")
+                   "(FC + residual MLP, VSE∞'s basic), selfattention, sase; or backbone: raw "
+                   "images through a CNN grid encoder (group 'raw images and backbone grids')")
     g.add_argument("--no_imgnorm", action="store_true", help="do not L2-normalise regions")
     g.add_argument("--text_enc_type", default="bert", choices=("bert", "bigru"),
                    help="text encoder")
@@ -233,6 +278,31 @@ def train_parser() -> argparse.ArgumentParser:
                    help="cosine similarity above which two tokens are joined")
     g.add_argument("--gnn_hidden", type=int, default=512, help="GAT hidden width")
 
+    g = p.add_argument_group("raw images and backbone grids")
+    g.add_argument("--backbone", default=GRID_DEFAULTS["backbone"],
+                   help="CNN over the raw images: a torchvision ResNet-family model (resnet152, "
+                   "resnext101_32x8d, ...) or a convolutional timm model "
+                   "(tf_efficientnet_lite0, ...); torchvision:NAME / timm:NAME pick the library")
+    g.add_argument("--backbone_path", default=GRID_DEFAULTS["backbone_path"],
+                   help="local weights of --backbone (a state dict, a checkpoint holding one, "
+                   "or .safetensors); required, never downloaded")
+    g.add_argument("--backbone_lr_factor", type=float,
+                   default=GRID_DEFAULTS["backbone_lr_factor"],
+                   help="learning-rate factor of the backbone (VSE∞'s default)")
+    g.add_argument("--embedding_warmup_epochs", type=int,
+                   default=GRID_DEFAULTS["embedding_warmup_epochs"],
+                   help="epochs with the backbone frozen before it trains (VSE∞'s grid script: 1)")
+    g.add_argument("--image_size", type=int, default=GRID_DEFAULTS["image_size"],
+                   help="side of the square network input, aspect ratio not kept (default 512)")
+    g.add_argument("--input_scale_factor", type=float,
+                   default=GRID_DEFAULTS["input_scale_factor"],
+                   help="VSE∞'s form of --image_size: side int(256 x factor), 2.0 = 512; both "
+                   "given must agree")
+    g.add_argument("--cell_drop_rate", type=float, default=GRID_DEFAULTS["cell_drop_rate"],
+                   help="training: drop each grid cell with this probability, at least one kept "
+                   "(0: off; --obj_drop_rate is for regions, --drop switches only the caption "
+                   "augmentation of raw-image runs)")
+
     g = p.add_argument_group("loss")
     g.add_argument("--criterion", default="ContrastiveLoss",
                    choices=CRITERIA, help="training objective")
@@ -262,11 +332,6 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    g.add_argument("--embedding_warmup_epochs", type=int, default=0,
-                   help="accepted for VSE∞ compatibility, no effect here: it freezes a raw-image "
-                   "backbone, and precomputed region features have none")
-    g.add_argument("--input_scale_factor", type=float, default=1.0,
-                   help="accepted for VSE∞ compatibility, no effect here (raw-image input scale)")
 
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--model_name", default="runs/toy", help="folder for checkpoints and the log")

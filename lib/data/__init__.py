@@ -4,7 +4,9 @@
 batches (``batch.py``). A split is described by ``captions`` (list of str), ``num_images``,
 ``num_captions``, ``image_of(caption_index)``, ``feature_dim`` and ``images()`` (a reader of one
 image's ``(R, img_dim)`` features by index, picklable into loader workers). A new kind of data
-is a function returning such a description, added to :data:`DATASET_KINDS`.
+is a function returning such a description, added to :data:`DATASET_KINDS`. Raw images
+(``images.py``, kind ``"images"``) have their own datasets, since decoding and augmentation
+need the pixels, and yield the same batch classes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from .batch import Batch, CaptionBatch, ImageBatch
+from .images import (
+    ImagePairCollate,
+    ImagePairDataset,
+    ImageSplit,
+    RawImageDataset,
+    collate_raw_images,
+    open_images,
+)
+from .naming import check_vocab_coverage, check_vocab_name, dataset_name
 from .precomp import (
     SPLITS,
     CaptionCollate,
@@ -28,7 +39,6 @@ from .precomp import (
     collate_images,
     open_split,
 )
-from .naming import check_vocab_coverage, check_vocab_name, dataset_name
 from .tokenizers import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
 from .vocab import Vocabulary
 
@@ -36,13 +46,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "DATASET_KINDS", "Batch", "CaptionBatch", "ImageBatch", "DataError", "PrecompSplit",
-    "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader", "eval_loaders",
-    "Vocabulary", "dataset_name",
+    "ImageSplit", "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader",
+    "eval_loaders", "Vocabulary", "dataset_name",
 ]
 
 
-# kind -> opener(data_path, split, img_dim) of a split description
-DATASET_KINDS = {"precomp": open_split}
+# kind -> opener(data_path, split, img_dim) of a split description; "images": raw images for
+# the backbone grid encoder (images.py)
+DATASET_KINDS = {"precomp": open_split, "images": open_images}
 
 
 def build_dataset(kind: str, data_path: str | Path, split: str, img_dim: int | None = None):
@@ -77,7 +88,7 @@ def build_tokenizer(args, vocab: Vocabulary | None = None):
     return WordPieceTokenizer(args.bert_path, max_length=args.max_caption_tokens)
 
 
-def report_long_captions(split: PrecompSplit, tokenizer) -> int:
+def report_long_captions(split: PrecompSplit | ImageSplit, tokenizer) -> int:
     """Log once how many captions of ``split`` the tokenizer cuts; returns that count."""
     found = find_long_captions(split.captions, tokenizer, split.caps_path)
     if found.count:
@@ -85,23 +96,37 @@ def report_long_captions(split: PrecompSplit, tokenizer) -> int:
     return found.count
 
 
-def train_loader(args, tokenizer, split: PrecompSplit) -> DataLoader:
+def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit) -> DataLoader:
     report_long_captions(split, tokenizer)
-    # --drop switches caption augmentation and region drop together, as CHAN's flag does
-    dataset = PairDataset(split, tokenizer, train=args.drop, region_drop=args.obj_drop_rate,
-                          seed=args.seed)
+    # --drop switches caption augmentation and region drop together, as CHAN's flag does;
+    # raw images are always cropped and flipped (decoded in the workers), their cells dropped
+    # by the grid encoder
+    if isinstance(split, ImageSplit):
+        dataset = ImagePairDataset(split, tokenizer, train=True, image_size=args.image_size,
+                                   seed=args.seed, augment_captions=args.drop)
+        collate = ImagePairCollate(tokenizer.pad_id)
+    else:
+        dataset = PairDataset(split, tokenizer, train=args.drop, region_drop=args.obj_drop_rate,
+                              seed=args.seed)
+        collate = PairCollate(tokenizer.pad_id)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      num_workers=args.workers, collate_fn=PairCollate(tokenizer.pad_id),
+                      num_workers=args.workers, collate_fn=collate,
                       pin_memory=torch.cuda.is_available())
 
 
-def eval_loaders(data_path: str, split_name: str, img_dim: int, tokenizer, batch_size: int,
-                 workers: int, kind: str = "precomp") -> tuple[DataLoader, DataLoader, object]:
-    """Loaders over the split's images (each once) and captions (in file order)."""
+def eval_loaders(data_path: str, split_name: str, img_dim: int | None, tokenizer,
+                 batch_size: int, workers: int, kind: str = "precomp",
+                 image_size: int | None = None) -> tuple[DataLoader, DataLoader, object]:
+    """Loaders over the split's images (each once) and captions (in file order).
+    ``image_size``: the network input side, for raw images (``kind="images"``)."""
     split = build_dataset(kind, data_path, split_name, img_dim)
     report_long_captions(split, tokenizer)
-    images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_images)
+    if isinstance(split, ImageSplit):
+        images = DataLoader(RawImageDataset(split, image_size), batch_size=batch_size,
+                            num_workers=workers, collate_fn=collate_raw_images)
+    else:
+        images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
+                            collate_fn=collate_images)
     captions = DataLoader(CaptionDataset(split, tokenizer), batch_size=batch_size,
                           num_workers=workers, collate_fn=CaptionCollate(tokenizer.pad_id))
     return images, captions, split

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..similarity import Similarity, coding_class
+from .backbone import GRID_ENCODER, BackboneGridEncoder
 from .config import ModelConfig
 from .fusion import APPM, SeedAPPM
 from .graph import TokenGraph
@@ -28,12 +29,12 @@ def build_model(cfg: ModelConfig, vocab_size: int | None = None,
 
     ``vocab_size`` is required for the BiGRU, and ``word_index`` (word -> row) to initialise it
     from GloVe. With ``pretrained=False`` (rebuilding a checkpoint) no pretrained weights
-    are read: the BERT-family model is built from its config and GloVe vectors are skipped,
-    since the checkpoint's state dict replaces them anyway.
+    are read: the BERT-family model is built from its config, GloVe vectors and
+    ``--backbone_path`` are skipped, since the checkpoint's state dict replaces them anyway.
     """
     # global coding (VSE∞): pool the raw region/token features, normalise only the pooled vector
     pooled = coding_class(cfg.coding_type).pooled_inputs
-    img_enc = build_image_encoder(cfg, normalize=not pooled)
+    img_enc = build_image_encoder(cfg, normalize=not pooled, pretrained=pretrained)
     txt_enc = build_text_encoder(cfg, vocab_size, word_index, pretrained, normalize=not pooled)
     sim = Similarity(cfg.coding_type, cfg.pooling_type, cfg.alpha, cfg.belta)
     img_pool = txt_pool = None
@@ -43,13 +44,21 @@ def build_model(cfg: ModelConfig, vocab_size: int | None = None,
     return ImageTextModel(img_enc, txt_enc, sim, img_pool, txt_pool)
 
 
-def build_image_encoder(cfg: ModelConfig, normalize: bool = True) -> nn.Module:
-    """Region features ``(B, R, img_dim)`` + lengths -> embeddings ``(B, R, D)``, zero padded.
+def build_image_encoder(cfg: ModelConfig, normalize: bool = True,
+                        pretrained: bool = True) -> nn.Module:
+    """Region features ``(B, R, img_dim)`` + lengths -> embeddings ``(B, R, D)``, zero padded;
+    with ``--precomp_enc_type backbone``, raw images ``(B, 3, S, S)`` -> grid cells and their
+    lengths (``BackboneGridEncoder``).
 
-    A new image encoder (e.g. a CNN backbone over raw images) is a module with that interface,
-    chosen here from the config; ``normalize=False`` asks it to leave the L2 norm to global
-    pooling.
+    A new image encoder is a module with that interface, chosen here from the config;
+    ``normalize=False`` asks it to leave the L2 norm to global pooling; ``pretrained=False``
+    leaves a backbone random, for a checkpoint's weights to replace.
     """
+    if cfg.precomp_enc_type == GRID_ENCODER:  # APPM in 2-D over the whole grid
+        return BackboneGridEncoder(cfg.backbone, cfg.embed_size,
+                                   cfg.backbone_path if pretrained else None,
+                                   build_fusion(cfg, spatial_dims=2), cfg.cell_drop_rate,
+                                   no_imgnorm=cfg.no_imgnorm or not normalize)
     return PrecompImageEncoder(cfg.img_dim, cfg.embed_size, cfg.precomp_enc_type,
                                no_imgnorm=cfg.no_imgnorm or not normalize,
                                fusion=build_fusion(cfg, spatial_dims=1),

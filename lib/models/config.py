@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
-# Fields --resume does not compare: GloVe initialisation (the checkpoint's weights replace it)
-# and the BERT-family model's location (the same model may be resumed from another folder; a
-# different architecture fails when its weights load).
+# Fields --resume does not compare: GloVe initialisation (the checkpoint's weights replace it),
+# the location of the BERT-family model or of the backbone weights (the same model may be
+# resumed from another folder; a different architecture fails when its weights load), and the
+# grid's input side and cell drop (no weight depends on them: a run may go on at another size).
 NOT_COMPARED = {"compared": False}
 # Fields that configs saved before them lack, with the behaviour those models had.
 ADDED_LATER = {"appm_variant": "ours", "sase_variant": "ours", "attn_dropout": 0.1,
-               "layer_scale": 0.1}
+               "layer_scale": 0.1, "backbone": "resnet152", "backbone_path": None,
+               "image_size": None, "cell_drop_rate": 0.2}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class ModelConfig:
     sase_variant: str
     attn_dropout: float
     layer_scale: float | None
+    # raw images and backbone grids (--precomp_enc_type backbone)
+    backbone: str
+    backbone_path: str | None = field(metadata=NOT_COMPARED)
+    image_size: int | None = field(metadata=NOT_COMPARED)  # input side; None for region features
+    cell_drop_rate: float = field(metadata=NOT_COMPARED)
 
     @classmethod
     def from_dict(cls, values: Mapping) -> ModelConfig:
