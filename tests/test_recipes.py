@@ -65,8 +65,12 @@ def test_asdg_uses_the_seed_forms():
     model = _model(args)
     assert isinstance(model.img_enc.fusion, SeedAPPM)
     assert type(model.img_enc.context).__name__ == "SeedSASE"
-    assert model.img_enc.context.attention.scale is None
-    assert model.txt_enc.graph.scale is None
+    # the one change of ours (docs/ABLATION.md): LayerScale on the residual branches
+    assert model.img_enc.context.attention.attn.dropout == 0.0
+    torch.testing.assert_close(model.txt_enc.graph.scale.data, torch.full((32,), 0.1))
+    plain = _model(_config("asdg", "--text_enc_type", "bigru", "--embed_size", "32",
+                           "--fusion_dim", "8", "--gnn_hidden", "8", "--layer_scale", "none"))
+    assert plain.txt_enc.graph.scale is None and plain.img_enc.context.attention.scale is None
 
 
 def test_vse_keeps_its_margin():
