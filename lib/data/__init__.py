@@ -16,20 +16,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from .batch import Batch, CaptionBatch, ImageBatch
+from .naming import check_vocab_coverage, check_vocab_name, dataset_name
+from .pairs import CaptionFormat, EpochBatchSampler, PairBatches, TrainBatches
 from .precomp import (
     SPLITS,
     CaptionCollate,
     CaptionDataset,
     DataError,
     ImageDataset,
-    PairCollate,
-    PairDataset,
     PrecompSplit,
     collate_images,
     open_split,
 )
-from .naming import check_vocab_coverage, check_vocab_name, dataset_name
 from .tokenizers import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
+from .tokens import tokenize_captions
 from .vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,26 @@ def report_long_captions(split: PrecompSplit, tokenizer) -> int:
     return found.count
 
 
-def train_loader(args, tokenizer, split: PrecompSplit) -> DataLoader:
+def train_loader(args, tokenizer, split: PrecompSplit) -> TrainBatches:
+    """Augmented training batches of ``split``, built a batch at a time (``pairs.py``); the
+    captions are tokenized once (cached in ``--token_cache`` when given)."""
     report_long_captions(split, tokenizer)
-    dataset = PairDataset(split, tokenizer, train=True,
-                          region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed)
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      num_workers=args.workers, collate_fn=PairCollate(tokenizer.pad_id),
-                      pin_memory=torch.cuda.is_available())
+    cache = check_token_cache(args.token_cache, args.data_path)
+    tokens = tokenize_captions(split.captions, tokenizer, cache)
+    pin = torch.cuda.is_available()
+    dataset = PairBatches(split, tokens, CaptionFormat.of(tokenizer),
+                          region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed,
+                          pin=pin and args.workers == 0)
+    sampler = EpochBatchSampler(split.num_captions, args.batch_size, args.seed)
+    return TrainBatches(dataset, sampler, args.workers, pin)
+
+
+def check_token_cache(cache: str | None, data_path: str) -> str | None:
+    """``--token_cache``, refused inside the data folder: nothing is written there."""
+    if cache and Path(cache).resolve().is_relative_to(Path(data_path).resolve()):
+        raise DataError(f"--token_cache {cache} is inside the data folder {data_path}; "
+                        f"name a folder outside it (the data is only read)")
+    return cache
 
 
 def eval_loaders(data_path: str, split_name: str, img_dim: int, tokenizer, batch_size: int,
