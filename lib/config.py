@@ -221,4 +221,15 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_precision", default="auto", choices=PRECISIONS,
                    help="precision of the per-epoch validation")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("speed")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model + loss of the training step (eager is the "
+                   "reference; docs/PERFORMANCE.md says when to use it)")
+    g.add_argument("--compile_mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
+    g.add_argument("--token_cache", default=None,
+                   help="folder (outside the data folder) where the tokenized training "
+                   "captions are kept between runs; default: in memory for this run only")
     return p
