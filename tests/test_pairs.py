@@ -1,5 +1,7 @@
 """The batch-at-a-time training pipeline: tokens once, batch augmentation, loaders, prefetch."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -220,11 +222,10 @@ def test_any_number_of_workers_gives_the_same_batches(tmp_path, wordpiece):
     pairs = _pairs(split, wordpiece, region_drop=0.2, seed=9)
     epochs = {}
     for workers in (0, 1, 2):
-        loader = TrainBatches(pairs, EpochBatchSampler(split.num_captions, 16, 9), workers,
-                              pin=False)
+        loader = TrainBatches(pairs, EpochBatchSampler(split.num_captions, 16, 9), workers)
         rng = torch.get_rng_state()
         epochs[workers] = []
-        for epoch in (0, 1):  # persistent workers follow the epoch
+        for epoch in (0, 1):
             loader.set_epoch(epoch)
             epochs[workers].append(list(loader))
         assert torch.equal(torch.get_rng_state(), rng)  # loading leaves the global RNG alone
@@ -237,10 +238,21 @@ def test_any_number_of_workers_gives_the_same_batches(tmp_path, wordpiece):
     assert not torch.equal(epochs[0][0][0].cap_ids, epochs[0][1][0].cap_ids)
 
 
+def test_a_loader_left_early_stops_its_workers(tmp_path, vocab):
+    split, _ = _split(tmp_path)
+    loader = TrainBatches(_pairs(split, VocabTokenizer(vocab)),
+                          EpochBatchSampler(split.num_captions, 4, 0), 2)
+    batches = iter(loader)
+    first = next(batches)
+    batches.close()  # as a training loop that breaks out of the epoch
+    assert first.cap_ids.tolist() == next(iter(loader)).cap_ids.tolist()
+    assert not [t for t in threading.enumerate() if t.name.startswith("batches")]
+
+
 def test_prefetcher_on_the_cpu_hands_out_the_batches(tmp_path, vocab):
     split, _ = _split(tmp_path)
     loader = TrainBatches(_pairs(split, VocabTokenizer(vocab)),
-                          EpochBatchSampler(split.num_captions, 8, 0), 0, pin=False)
+                          EpochBatchSampler(split.num_captions, 8, 0), 0)
     fetched = list(DevicePrefetcher(loader, torch.device("cpu")))
     assert len(fetched) == len(loader) == 7
     assert all(torch.equal(a.captions, b.captions) for a, b in zip(fetched, loader, strict=True))

@@ -91,12 +91,11 @@ def train_loader(args, tokenizer, split: PrecompSplit) -> TrainBatches:
     report_long_captions(split, tokenizer)
     cache = check_token_cache(args.token_cache, args.data_path)
     tokens = tokenize_captions(split.captions, tokenizer, cache)
-    pin = torch.cuda.is_available()
     dataset = PairBatches(split, tokens, CaptionFormat.of(tokenizer),
                           region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed,
-                          pin=pin and args.workers == 0)
+                          pin=torch.cuda.is_available())
     sampler = EpochBatchSampler(split.num_captions, args.batch_size, args.seed)
-    return TrainBatches(dataset, sampler, args.workers, pin)
+    return TrainBatches(dataset, sampler, args.workers)
 
 
 def check_token_cache(cache: str | None, data_path: str) -> str | None:

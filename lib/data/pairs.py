@@ -9,9 +9,14 @@ numbers and read the memory map once per caption, and copied every region three 
 * :class:`PairBatches` turns one key into a :class:`Batch`: token ids sliced from the captions
   tokenized once (``tokens.py``), region drop and caption augmentation drawn for the whole batch
   (``augment.py``), and the kept regions of every caption's image gathered from the memory map
-  with one sorted index straight into the batch tensor, which lives in shared memory when a
-  loader worker builds it (so it reaches the main process without a copy) and in page-locked
-  memory when the main process builds it for a GPU;
+  with one sorted index straight into the batch tensor, in page-locked memory when batches go
+  to a GPU;
+* :class:`TrainBatches` builds batches ahead in ``--workers`` threads of the training process.
+  Threads, not loader processes: almost all of a batch is that one gather, which a thread
+  writes where the batch will be used, while a worker process would write it to shared memory
+  and the main process copy it once more (and fresh shared memory is faulted in 4 KB pages:
+  that alone cost ~35 ms per 128 pairs on the 2-core test machine). The gather releases the
+  GIL;
 * :class:`DevicePrefetcher` starts the next batch's host-to-device copy on a side CUDA stream
   while the current step computes.
 
@@ -22,12 +27,13 @@ shapes. A batch is a pure function of its key, so any number of workers yields t
 
 from __future__ import annotations
 
-import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from itertools import islice
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .augment import augment_tokens, region_order, wrap_and_pad
 from .batch import Batch
@@ -76,17 +82,17 @@ class EpochBatchSampler:
             yield self.epoch, np.sort(order[first:first + self.batch_size])
 
 
-def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
-    """An empty batch tensor where its next copy is cheapest: shared memory in a loader worker
-    (the main process maps it instead of copying it), page-locked memory in the main process
-    when batches go to a GPU (an asynchronous copy), ordinary memory otherwise."""
-    if get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
-        return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-    return torch.empty(shape, dtype=dtype, pin_memory=pin)
+def batch_buffer(shape: tuple[int, ...], pin: bool) -> torch.Tensor:
+    """An empty float32 batch tensor. Page-locked when batches go to a GPU (an asynchronous
+    copy; torch's pinned allocator reuses blocks once their copy is done); otherwise numpy's
+    memory, which numpy backs with huge pages: a fresh 38 MB batch then costs a few dozen page
+    faults instead of the ~9,000 of ``torch.empty``'s 4 KB pages."""
+    if pin:
+        return torch.empty(shape, pin_memory=True)
+    return torch.from_numpy(np.empty(shape, np.float32))
 
 
-class PairBatches(Dataset):
+class PairBatches:
     """``(epoch, caption indices)`` -> the augmented :class:`Batch` of those captions.
 
     ``split`` must offer ``images().gather`` (precomputed region features do). ``region_drop``
@@ -107,9 +113,10 @@ class PairBatches(Dataset):
         images = np.asarray(self.split.image_of(captions), np.int64)  # (B,)
         images_t, img_lens = self._regions(epoch, captions, images)
         rows, cap_lens = self._captions(epoch, captions)
-        return Batch(images_t, torch.from_numpy(img_lens), torch.from_numpy(rows),
-                     torch.from_numpy(cap_lens), torch.from_numpy(captions),
-                     torch.from_numpy(images))
+        small = [torch.from_numpy(a) for a in (img_lens, rows, cap_lens, captions, images)]
+        if self.pin:
+            small = [t.pin_memory() for t in small]
+        return Batch(images_t, *small)
 
     def _regions(self, epoch: int, captions: np.ndarray, images: np.ndarray):
         """``(B, R, img_dim)`` kept regions first, zeros after, and ``(B,)`` kept counts."""
@@ -117,8 +124,7 @@ class PairBatches(Dataset):
         available = np.full(len(captions), num_regions)
         order, kept = region_order(self.seed, epoch, captions, available, num_regions,
                                    self.region_drop)
-        out = batch_buffer((len(captions), num_regions, self.split.feature_dim), torch.float32,
-                           self.pin)
+        out = batch_buffer((len(captions), num_regions, self.split.feature_dim), self.pin)
         self.features.gather(images, order, kept, out)
         return out, kept
 
@@ -133,20 +139,13 @@ class PairBatches(Dataset):
 
 
 class TrainBatches:
-    """The training loader: :class:`PairBatches` keyed by :class:`EpochBatchSampler`, each
-    worker building whole batches.
+    """The training loader: :class:`PairBatches` of the keys of :class:`EpochBatchSampler`, up to
+    ``2 * workers`` batches built ahead by ``workers`` threads (0: built when reached), handed
+    out in the sampler's order. Each batch is a pure function of its key, so the number of
+    workers changes nothing but the speed, and the global RNG is never used."""
 
-    Workers persist across epochs (the epoch travels in each key), and the loader draws its
-    worker seeds from a generator of its own, so loading never consumes the global RNG that
-    dropout and a resumed run depend on.
-    """
-
-    def __init__(self, dataset: PairBatches, sampler: EpochBatchSampler, workers: int,
-                 pin: bool):
-        self.dataset, self.sampler = dataset, sampler
-        self.loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
-                                 pin_memory=pin, persistent_workers=workers > 0,
-                                 generator=torch.Generator().manual_seed(sampler.seed))
+    def __init__(self, dataset: PairBatches, sampler: EpochBatchSampler, workers: int):
+        self.dataset, self.sampler, self.workers = dataset, sampler, workers
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -155,7 +154,21 @@ class TrainBatches:
         return len(self.sampler)
 
     def __iter__(self):
-        return iter(self.loader)
+        keys = iter(self.sampler)
+        if self.workers == 0:
+            yield from map(self.dataset.__getitem__, keys)
+            return
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="batches")
+        try:
+            ahead = deque(pool.submit(self.dataset.__getitem__, key)
+                          for key in islice(keys, 2 * self.workers))
+            while ahead:
+                batch = ahead.popleft().result()
+                ahead.extend(pool.submit(self.dataset.__getitem__, key)
+                             for key in islice(keys, 1))
+                yield batch
+        finally:  # also when the consumer stops early
+            pool.shutdown(cancel_futures=True)
 
 
 class DevicePrefetcher:
