@@ -22,11 +22,19 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, load_checkpoint, load_weights
-from lib.config import saved_model_config
+from lib.config import dataset_kind, saved_model_config
 from lib.data import SPLITS, Vocabulary, build_tokenizer, dataset_name, eval_loaders
 from lib.environment import describe_environment
-from lib.errors import DataError, UserError
-from lib.evaluation import fold_metrics, format_metrics, recall_metrics, score_split
+from lib.errors import DataError, UserError, user_message
+from lib.evaluation import (
+    encode_split,
+    fold_metrics,
+    format_metrics,
+    recall_metrics,
+    score_matrix,
+    score_split,
+)
+from lib.evaluation.cxc import cxc_metrics, load_cxc
 from lib.models import build_model
 from lib.precision import PRECISIONS, resolve, resolve_device
 
@@ -56,6 +64,13 @@ def eval_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="cuda | cpu (default: cuda when available)")
     g.add_argument("--save_results", help="write {'npts': N_img, 'sims': (N_img, N_cap)} here "
                    "(a pickled dict, as VSE∞ writes: load only results files you trust)")
+    g.add_argument("--cxc", metavar="FOLDER",
+                   help="also report Crisscrossed Captions recalls (COCO 5K testall) from this "
+                   "annotation folder (testall_ids.txt, testall_capids.txt, cxc_it.json, "
+                   "cxc_i2i.json, cxc_t2t.json); image-image and caption-caption recalls need "
+                   "a global-coding (vse) model")
+    g.add_argument("--evaluate_cxc", action="store_true",
+                   help="VSE∞'s name: --cxc <data_path>/cxc_annots")
     g.add_argument("--metrics_out", help="write the metrics as JSON here")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
@@ -113,13 +128,15 @@ def default_split(data_path: str, dataset: str | None, trained_on: str = "") -> 
     """
     if dataset:
         return DEFAULT_SPLIT.get(dataset, "test")
-    has_testall = (Path(data_path) / "precomp" / "testall_ims.npy").is_file()
+    has_testall = (Path(data_path) / "precomp" / "testall_caps.txt").is_file()  # any layout
     return "testall" if has_testall or trained_on.removesuffix("_precomp") == "coco" else "test"
 
 
 def load_model(model_path: str, device: torch.device):
     """The model of a checkpoint (its model config and vocabulary are stored inside), that
-    config, the training run's flags (data location, tokenizer settings) and the vocabulary."""
+    config, the training run's flags (data location, tokenizer settings) and the vocabulary.
+    No pretrained file (BERT weights, GloVe, ``--backbone_path``) is read: the checkpoint's
+    weights replace them."""
     ckpt = load_checkpoint(model_path)
     cfg = saved_model_config(ckpt, model_path)
     vocab = Vocabulary(ckpt["vocab"]) if ckpt.get("vocab") else None
@@ -128,7 +145,21 @@ def load_model(model_path: str, device: torch.device):
     return model.to(device), cfg, Namespace(**ckpt["config"]), vocab
 
 
-def score_checkpoint(args, device: torch.device) -> torch.Tensor:
+def cxc_folder(args, data_path: str | None) -> Path | None:
+    """The CxC annotation folder asked for, if any."""
+    if args.cxc:
+        return Path(args.cxc)
+    if args.evaluate_cxc:
+        if not data_path:
+            raise DataError("--evaluate_cxc reads <data_path>/cxc_annots: give --data_path or "
+                            "--cxc FOLDER")
+        return Path(data_path) / "cxc_annots"
+    return None
+
+
+def score_checkpoint(args, device: torch.device):
+    """Scores of a checkpoint on its split, the CxC annotations when asked for (read before any
+    scoring), and one vector per image and caption when the model has a global embedding."""
     model, cfg, flags, vocab = load_model(args.model_path, device)
     data_path = args.data_path or flags.data_path
     if args.dataset:
@@ -136,16 +167,32 @@ def score_checkpoint(args, device: torch.device) -> torch.Tensor:
     split = args.split or default_split(data_path, args.dataset, flags.data_name)
     images, captions, opened = eval_loaders(data_path, split, cfg.img_dim,
                                             build_tokenizer(flags, vocab), args.batch_size,
-                                            args.workers)
+                                            args.workers, dataset_kind(cfg), cfg.image_size)
     if args.fold5 and opened.num_images != 5 * FOLD_IMAGES:  # refuse before any scoring
         raise DataError(f"--fold5 needs the 5 x {FOLD_IMAGES} = {5 * FOLD_IMAGES} images of COCO "
                         f"testall, but {data_path} split {split} has {opened.num_images}")
+    folder = cxc_folder(args, data_path)
+    annots = load_cxc(folder, opened.num_images, opened.num_captions) if folder else None
     precision = resolve(args.precision, device)
     start = time.perf_counter()
-    sims = score_split(model, images, captions, device, precision, not args.no_progress)
+    vectors = None
+    if annots is not None and cfg.coding_type == "global":
+        encoded = encode_split(model, images, captions, device, precision, not args.no_progress)
+        sims = score_matrix(model.sim, encoded.images, encoded.img_lens, encoded.captions,
+                            precision)
+        vectors = (encoded.images[:, 0], encoded.captions.data)  # one unit vector each
+    else:
+        sims = score_split(model, images, captions, device, precision, not args.no_progress)
     logging.info("%s, split %s: %d images x %d captions scored in %.1f s (%s, %s)", data_path,
                  split, *sims.shape, time.perf_counter() - start, device, precision)
-    return sims  # stays on the device: ranking runs there
+    return sims, annots, vectors  # the scores stay on the device: ranking runs there
+
+
+def format_cxc(metrics: dict) -> str:
+    names = dict.fromkeys(key.rsplit("_", 1)[0] for key in metrics)  # cxc_i2t, ... in order
+    return "\n".join(f"CxC {name.removeprefix('cxc_')}: " + " ".join(
+        f"{metrics[f'{name}_r{k}']:.1f}" for k in (1, 5, 10)) + " (R@1, R@5, R@10)"
+        for name in names)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -155,10 +202,16 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     if args.results:
         sims = torch.from_numpy(load_results(args.results)).to(device)
+        folder, vectors = cxc_folder(args, args.data_path), None
+        annots = load_cxc(folder, *sims.shape) if folder else None
     else:
-        sims = score_checkpoint(args, device)
+        sims, annots, vectors = score_checkpoint(args, device)
     metrics = fold_metrics(sims, FOLD_IMAGES) if args.fold5 else recall_metrics(sims)
     print(("5-fold mean (1K)\n" if args.fold5 else "") + format_metrics(metrics))
+    if annots is not None:
+        crisscrossed = cxc_metrics(sims, annots, *(vectors or (None, None)))
+        print(format_cxc(crisscrossed))
+        metrics = {**metrics, **crisscrossed}
     if args.save_results:
         results = {"npts": sims.shape[0], "sims": sims.cpu().numpy()}
         atomic_write(args.save_results, lambda f: np.save(f, results))
@@ -176,4 +229,4 @@ if __name__ == "__main__":
     try:
         main()
     except (UserError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {user_message(err)}")

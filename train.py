@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lib.checkpoint import atomic_write, remove_stale_temps, rng_state, save_checkpoint
-from lib.config import model_config, parse_train_args
+from lib.config import dataset_kind, model_config, parse_train_args
 from lib.data import (
     build_dataset,
     build_tokenizer,
@@ -23,10 +23,11 @@ from lib.data import (
 from lib.data.toy import EMBEDDED_ROOT, ensure_toy, is_embedded
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.environment import describe_environment
-from lib.errors import DataError, UserError
+from lib.errors import DataError, UserError, user_message
 from lib.evaluation import format_metrics
 from lib.losses import build_criterion
-from lib.models import PRETRAINED_GROUP, build_model
+from lib.models import BACKBONE_GROUP, GRID_ENCODER, PRETRAINED_GROUP, build_model
+from lib.monitor import collapse_after_switch
 from lib.precision import resolve, resolve_device
 from lib.resume import check_run_folder, starting_point
 
@@ -57,8 +58,8 @@ def build_optimizer(model, args):
     the step count) on the devices torch fuses it for, CUDA and the CPU; with ``--compile`` its
     foreach form instead, which the compiled update fuses with the gradient clipping.
     """
-    groups = model.param_groups(args.learning_rate, {PRETRAINED_GROUP: args.bert_lr_factor},
-                                args.weight_decay)
+    factors = {PRETRAINED_GROUP: args.bert_lr_factor, BACKBONE_GROUP: args.backbone_lr_factor}
+    groups = model.param_groups(args.learning_rate, factors, args.weight_decay)
     fused = not args.compile and all(p.device.type in FUSED_ADAMW_DEVICES for group in groups
                                       for p in group["params"])
     return torch.optim.AdamW(groups, lr=args.learning_rate, fused=fused)
@@ -66,15 +67,16 @@ def build_optimizer(model, args):
 
 def prepare_data(args):
     """Build the embedded toy set on first use, check the training split (against
-    ``--img_dim`` when given); return the split, the vocabulary (BiGRU) and the tokenizer.
-    Nothing is written into any other data folder."""
-    if is_embedded(args.data_path):
+    ``--img_dim`` when given; raw images for the grid encoder); return the split, the
+    vocabulary (BiGRU) and the tokenizer. Nothing is written into any other data folder."""
+    kind = dataset_kind(args)
+    if is_embedded(args.data_path) and kind == "precomp":
         ensure_toy(Path(args.data_path).parent)
     elif args.data_name == "toy" and not Path(args.data_path).exists():
         raise DataError(f"data folder not found: {args.data_path}; the toy set is generated on "
                         f"first use only at {EMBEDDED_ROOT / 'toy'}, write a copy elsewhere "
                         f"with `python -m lib.data.toy --out {Path(args.data_path).parent}`")
-    split = build_dataset("precomp", args.data_path, "train", args.img_dim)
+    split = build_dataset(kind, args.data_path, "train", args.img_dim)
     vocab = None
     if args.text_enc_type == "bigru":
         vocab = load_vocab(args.vocab_path, args.data_name, split)
@@ -101,7 +103,6 @@ def main(argv: list[str] | None = None) -> dict:
 def run(args) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    warn_ignored_flags(args)
     seed_everything(args.seed)
     device = resolve_device(args.device)
     precision, val_precision = resolve(args.precision, device), resolve(args.val_precision, device)
@@ -117,13 +118,17 @@ def run(args) -> dict:
         raise DataError(f"{args.data_path}: {len(train_data.dataset)} training captions make no "
                         f"full batch of --batch_size {args.batch_size}")
     val_images, val_captions, _ = eval_loaders(args.data_path, "dev", cfg.img_dim, tokenizer,
-                                               args.batch_size, args.workers)
+                                               args.batch_size, args.workers, dataset_kind(cfg),
+                                               cfg.image_size)
     log.info("model: %.1fM parameters; %d training pairs, device %s, precision %s",
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_data.dataset), device,
              precision)
-    writer = SummaryWriter(args.logger_name or str(Path(args.model_name) / "log"))
+    tensorboard = args.logger_name or str(Path(args.model_name) / "log")
+    writer = SummaryWriter(tensorboard)
+    history = {}  # epoch -> dev rsum of this invocation, to notice a collapse
     for epoch in range(start_epoch, args.num_epochs):
         set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
+        follow_backbone_warmup(model, epoch, args)
         stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
                                 writer, precision)
         metrics = evaluate(model, val_images, val_captions, device, val_precision,
@@ -133,6 +138,10 @@ def run(args) -> dict:
                  metrics["r1"], metrics["r1i"])
         for key, value in metrics.items():
             writer.add_scalar(f"val/{key}", value, epoch)
+        history[epoch] = metrics["rsum"]
+        collapse = collapse_after_switch(history, args.vse_mean_warmup_epochs)
+        if collapse and not args.max_violation:
+            log.warning("%s", collapse)
         is_best = metrics["rsum"] > best.get("rsum", -1.0)
         if is_best:
             best = {"epoch": epoch, **metrics}
@@ -144,18 +153,27 @@ def run(args) -> dict:
     writer.close()
     if best:
         log.info("best dev epoch %d:\n%s", best["epoch"], format_metrics(best))
+    folder = Path(args.model_name)
+    log.info("written: %s (best dev epoch), %s (latest, --resume it), %s, %s, TensorBoard %s",
+             folder / "model_best.pth", folder / "checkpoint.pth", folder / "train.log",
+             folder / "environment.json", tensorboard)
     return best
 
 
-def warn_ignored_flags(args) -> None:
-    for flag, default in (("embedding_warmup_epochs", 0), ("input_scale_factor", 1.0)):
-        if getattr(args, flag) != default:
-            log.warning("--%s only applies to raw-image backbones; precomputed region features "
-                        "are used as they are", flag)
+def follow_backbone_warmup(model, epoch: int, args) -> None:
+    """VSE∞'s ``--embedding_warmup_epochs``: the backbone stays frozen for that many epochs
+    (the new projection and fusion learn on fixed features first), then trains at
+    ``--backbone_lr_factor``. Set every epoch, so a resumed run is in the right state."""
+    if args.precomp_enc_type != GRID_ENCODER:
+        return
+    frozen = epoch < args.embedding_warmup_epochs
+    model.img_enc.freeze_backbone(frozen)
+    if frozen or epoch == args.embedding_warmup_epochs:
+        log.info("epoch %d: backbone %s", epoch, "frozen (warm-up)" if frozen else "trained")
 
 
 if __name__ == "__main__":
     try:
         main()
     except (UserError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {user_message(err)}")

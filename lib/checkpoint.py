@@ -20,8 +20,9 @@ from .errors import CheckpointError, WriteError
 LATEST, BEST = "checkpoint.pth", "model_best.pth"
 TEMP_SUFFIX = ".tmp"
 # Bumped when the same weights would compute something else. 2: the global (VSE∞) coding pools
-# unnormalised region/token features (1 normalised each of them first).
-VERSION = 2
+# unnormalised region/token features (1 normalised each of them first). 3: --precomp_enc_type
+# basic is CHAN's single FC layer; earlier checkpoints' "basic" (FC + MLP) reads as basic_mlp.
+VERSION = 3
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -177,14 +178,36 @@ def load_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> 
                               f"another version?") from None
 
 
+ZIP_MAGIC, LEGACY_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save's zip format, and the pickle
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, in one line."""
+    text = str(err)
+    if "argparse.Namespace" in text or "Namespace" in text and "GLOBAL" in text:
+        return (f"{path}: a VSE∞ or CHAN checkpoint (its options are a pickled argparse "
+                f"Namespace); its weights use those projects' module names and layout, so it "
+                f"cannot be loaded here: train with this code, or evaluate it with its own")
+    if "Unsupported global" in text or "weights_only" in text:
+        return (f"{path}: holds pickled objects other than tensors and plain values, which are "
+                f"not loaded (loading never runs code from a file); not a checkpoint of "
+                f"train.py")
+    return f"{path}: truncated or unreadable checkpoint ({text.splitlines()[0]})"
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (it starts with {head!r}); "
+                              f"expected a model_best.pth or checkpoint.pth written by train.py")
+    try:  # weights only: loading never runs code stored in the file
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt/foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+        raise CheckpointError(_unreadable(path, err)) from None
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
         raise CheckpointError(f"{path}: not a CHAN-ASDG checkpoint (expected a dict with "
                               f"'model' and 'config')")

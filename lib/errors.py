@@ -33,3 +33,19 @@ class EvaluationError(UserError, ValueError):
 class WriteError(UserError):
     """A checkpoint, log or result could not be written (disk full, no permission); the message
     names the file and the cause, and says that the previous file is intact."""
+
+
+WORKER_PREFIX = "Caught "  # how torch's DataLoader starts an error re-raised from a worker
+
+
+def user_message(err: Exception) -> str:
+    """The one-line message of ``err`` for the command lines.
+
+    An error raised in a DataLoader worker (e.g. a missing image, found only when it is
+    decoded) comes back as ``type(err)(text)`` where ``text`` wraps the worker's traceback; its
+    last line is ``<qualified class>: <original message>``, which is what the user needs.
+    """
+    text = str(err)
+    if text.startswith(WORKER_PREFIX) and "\nOriginal Traceback" in text:
+        return text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text

@@ -9,13 +9,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+POSITIVES = ("diagonal", "same_image")
 
-def positive_mask(img_ids: torch.Tensor) -> torch.Tensor:
-    """(B, B) True where the image of pair i is the image of caption j.
 
-    A batch may hold two captions of one image; such pairs are matches, not negatives.
+def positive_mask(img_ids: torch.Tensor, positives: str = "diagonal") -> torch.Tensor:
+    """(B, B) True at the pairs that are not negatives.
+
+    ``diagonal`` (CHAN, VSE∞): only pair i with caption i; a second caption of the same image
+    in the batch is a negative. ``same_image``: every caption of the image is a positive, and
+    never serves as a negative.
     """
-    return img_ids[:, None] == img_ids[None, :]
+    if positives == "same_image":
+        return img_ids[:, None] == img_ids[None, :]
+    if positives != "diagonal":
+        raise ValueError(f"unknown positives {positives!r}; choose from {', '.join(POSITIVES)}")
+    return torch.eye(len(img_ids), dtype=torch.bool, device=img_ids.device)
 
 
 class ContrastiveLoss(nn.Module):
@@ -25,14 +33,15 @@ class ContrastiveLoss(nn.Module):
     negatives are summed (the warm-up regime of ``--vse_mean_warmup_epochs``).
     """
 
-    def __init__(self, margin: float = 0.05):
+    def __init__(self, margin: float = 0.05, positives: str = "diagonal"):
         super().__init__()
         self.margin = margin
+        self.positives = positives
 
     def forward(self, scores: torch.Tensor, img_ids: torch.Tensor,
                 max_violation: bool = False) -> torch.Tensor:
         positive = scores.diag()  # (B,)
-        negatives = ~positive_mask(img_ids)
+        negatives = ~positive_mask(img_ids, self.positives)
         # cost_caption[i, j]: caption j ranked above image i's own caption
         cost_caption = (self.margin + scores - positive[:, None]).clamp(min=0)
         # cost_image[i, j]: image i ranked above caption j's own image
@@ -51,15 +60,16 @@ class InfoNCELoss(nn.Module):
     already weighs the negatives by how hard they are.
     """
 
-    def __init__(self, temperature: float = 0.01):
+    def __init__(self, temperature: float = 0.01, positives: str = "diagonal"):
         super().__init__()
         self.temperature = temperature
+        self.positives = positives
 
     def forward(self, scores: torch.Tensor, img_ids: torch.Tensor,
                 max_violation: bool = False) -> torch.Tensor:
         eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
-        logits = (scores / self.temperature).masked_fill(positive_mask(img_ids) & ~eye,
-                                                         float("-inf"))
+        other_positives = positive_mask(img_ids, self.positives) & ~eye
+        logits = (scores / self.temperature).masked_fill(other_positives, float("-inf"))
         target = torch.arange(len(scores), device=scores.device)
         return (nn.functional.cross_entropy(logits, target)
                 + nn.functional.cross_entropy(logits.t(), target)) / 2
@@ -67,8 +77,9 @@ class InfoNCELoss(nn.Module):
 
 # --criterion name -> the loss, built from the parsed flags it uses
 CRITERIA = {
-    "ContrastiveLoss": lambda args: ContrastiveLoss(margin=args.margin),
-    "InfoNCELoss": lambda args: InfoNCELoss(temperature=args.temperature),
+    "ContrastiveLoss": lambda args: ContrastiveLoss(margin=args.margin, positives=args.positives),
+    "InfoNCELoss": lambda args: InfoNCELoss(temperature=args.temperature,
+                                            positives=args.positives),
 }
 
 

@@ -39,14 +39,21 @@ import train as train_cli  # noqa: E402
 from lib.checkpoint import BEST, atomic_write  # noqa: E402
 
 # train.py flags of each variant; --extra flags come after them (and so override them).
+# Each "+module" adds one of asdg's modules, in asdg's (the seed's) form, to chan.
 VARIANTS = {
     "chan": ["--config", "chan"],
-    "chan+APPM": ["--config", "chan", "--fusion", "appm"],
-    "chan+SASE": ["--config", "chan", "--precomp_enc_type", "sase"],
+    "chan+APPM": ["--config", "chan", "--fusion", "appm", "--appm_variant", "seed"],
+    "chan+SASE": ["--config", "chan", "--precomp_enc_type", "sase", "--sase_variant", "seed"],
     "chan+GNN": ["--config", "chan", "--text_gnn"],
     "asdg": ["--config", "asdg"],
+    "asdg (ours)": ["--config", "asdg", "--appm_variant", "ours", "--sase_variant", "ours",
+                    "--attn_dropout", "0.1", "--layer_scale", "0.1"],
+    "asdg+LayerScale": ["--config", "asdg", "--layer_scale", "0.1"],
+    "chan+GNN+LayerScale": ["--config", "chan", "--text_gnn", "--layer_scale", "0.1"],
+    "chan_gru": ["--config", "chan_gru"],
     "vse": ["--config", "vse"],
 }
+DEFAULT_VARIANTS = ["chan", "chan+APPM", "chan+SASE", "chan+GNN", "asdg", "vse"]
 SUMMARY = "train_summary.json"  # written by this driver once a run's training has finished
 
 
@@ -58,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab_path", help="train.py --vocab_path (default: train.py's default)")
     p.add_argument("--out", required=True, type=Path,
                    help="gets runs/<variant>/seed<S>/, ablation.json and ablation.md")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
                    metavar="NAME", help=f"variants to run, of: {' '.join(VARIANTS)}")
     p.add_argument("--seeds", type=int, default=2, help="seeds per variant")
     p.add_argument("--first_seed", type=int, default=2022, help="seeds are first_seed, +1, ...")

@@ -3,13 +3,21 @@
 #   sh scripts/eval.sh                                       # toy run, test split
 #   DATASET=f30k DATA_PATH=data/f30k sh scripts/eval.sh      # Flickr30K 1K test
 #   DATASET=coco DATA_PATH=data/coco sh scripts/eval.sh      # COCO 5K and 1K (5-fold)
-# Metrics are printed and written as JSON (and the score matrix as .npy) into $RUN.
+#   DATASET=f30k DATA_PATH=data/f30k FEATURES=grid sh scripts/eval.sh   # a raw-image (grid) run
+# Metrics are printed and written as JSON (and the score matrix as .npy) into $RUN. A grid
+# checkpoint holds its backbone's weights: BACKBONE_PATH is not needed here.
 set -e
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DATASET=${DATASET:-toy}
 CONFIG=${CONFIG:-asdg}
-RUN=${RUN:-runs/${DATASET}_${CONFIG}}
+FEATURES=${FEATURES:-regions}
+case "$FEATURES" in
+  regions) SUFFIX="" ;;
+  grid) SUFFIX=_grid ;;
+  *) echo "unknown FEATURES=$FEATURES (regions | grid)" >&2; exit 2 ;;
+esac
+RUN=${RUN:-runs/${DATASET}_${CONFIG}${SUFFIX}}
 MODEL=${MODEL:-$RUN/model_best.pth}
 
 case "$DATASET" in

@@ -3,21 +3,48 @@
 #   sh scripts/train.sh                                      # toy data, generated on first use
 #   DATASET=f30k DATA_PATH=data/f30k sh scripts/train.sh     # CHAN-ASDG recipe on Flickr30K
 #   DATASET=coco DATA_PATH=data/coco CONFIG=chan sh scripts/train.sh
-# CONFIG: asdg (default) | chan | vse (docs/MODEL.md). Extra arguments go to train.py.
+#   DATASET=f30k DATA_PATH=data/f30k FEATURES=grid BACKBONE_PATH=resnet152.pth sh scripts/train.sh
+# CONFIG: asdg (default) | chan | chan_gru | vse (docs/MODEL.md). Extra arguments go to
+# train.py.
+# FEATURES: regions (default, precomp/*_ims.npy) | grid (raw images through BACKBONE, default
+# resnet152, with local weights BACKBONE_PATH; VSE∞'s grid setting, README "Raw images").
 # Only what differs from the flag defaults and the named configuration is passed here.
 set -e
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 DATASET=${DATASET:-toy}
 CONFIG=${CONFIG:-asdg}
-RUN=${RUN:-runs/${DATASET}_${CONFIG}}
+FEATURES=${FEATURES:-regions}
+
+case "$FEATURES" in
+  regions)
+    SUFFIX=""
+    ;;
+  grid)
+    : "${BACKBONE_PATH:?set BACKBONE_PATH to a local weights file of BACKBONE (default resnet152)}"
+    if [ "$DATASET" = toy ]; then
+      echo "FEATURES=grid reads raw images: DATASET=f30k or coco (toy has regions only)" >&2
+      exit 2
+    fi
+    # 512 px, backbone at lr x 0.01 (flag defaults); VSE∞'s grid script freezes it for 1 epoch
+    set -- --precomp_enc_type backbone --backbone "${BACKBONE:-resnet152}" \
+      --backbone_path "$BACKBONE_PATH" --embedding_warmup_epochs 1 "$@"
+    SUFFIX=_grid
+    ;;
+  *)
+    echo "unknown FEATURES=$FEATURES (regions | grid)" >&2
+    exit 2
+    ;;
+esac
+RUN=${RUN:-runs/${DATASET}_${CONFIG}${SUFFIX}}
 
 case "$DATASET" in
   toy)
-    # Small and CPU-friendly: the default data/toy set, BiGRU text side (no pretrained weights
-    # needed), 256-d embeddings, 4 short epochs.
-    exec $PYTHON train.py --config "$CONFIG" --text_enc_type bigru --embed_size 256 \
-      --word_dim 128 --num_epochs 4 --lr_update 3 --log_step 20 --model_name "$RUN" "$@"
+    # Small and CPU-friendly: the default data/toy set, BiGRU text side without pretrained
+    # word vectors (none are needed offline), 256-d embeddings, 4 short epochs.
+    exec $PYTHON train.py --config "$CONFIG" --text_enc_type bigru --wemb_type none \
+      --embed_size 256 --word_dim 128 --num_epochs 4 --lr_update 3 --log_step 20 \
+      --model_name "$RUN" "$@"
     ;;
   f30k|coco)
     : "${DATA_PATH:?set DATA_PATH to the dataset folder holding precomp/}"

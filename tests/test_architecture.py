@@ -29,6 +29,7 @@ def test_every_user_facing_error_is_a_user_error():
 
 @pytest.mark.parametrize("module,forbidden", [
     ("lib.models", ("lib.data", "lib.evaluation", "lib.engine")),
+    ("lib.models.backbone", ("lib.data", "lib.evaluation", "lib.engine")),
     ("lib.similarity", ("lib.data", "lib.models", "lib.evaluation")),
 ])
 def test_layers_import_downwards_only(module, forbidden):

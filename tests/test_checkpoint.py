@@ -1,6 +1,7 @@
 """Checkpoint and result files: atomic, ordered, never destroying an earlier one."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,36 @@ def test_old_global_coding_checkpoints_are_refused(tmp_path):
     assert load_checkpoint(tmp_path / "vha.pth")["config"]["coding_type"] == "VHACoding"
     save_checkpoint(old, tmp_path, is_best=False)
     assert load_checkpoint(tmp_path / LATEST)["version"] == checkpoint.VERSION
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text", "not a PyTorch checkpoint (it starts with b'epoc')"),
+    ("truncated", "truncated or unreadable checkpoint"),
+    ("vse", "a VSE∞ or CHAN checkpoint (its options are a pickled argparse Namespace)"),
+    ("code", "holds pickled objects other than tensors"),
+])
+def test_foreign_checkpoints_are_explained(tmp_path, monkeypatch, content, message):
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.pth"
+    if content == "text":
+        path.write_text("epoch 3, rsum 500")
+    elif content == "truncated":
+        torch.save({"model": {"w": torch.zeros(100)}, "config": {}}, path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif content == "vse":  # what VSE∞ and CHAN save: options as an argparse Namespace
+        torch.save({"model": [{"w": torch.zeros(2)}], "opt": argparse.Namespace(lr=2e-4),
+                    "epoch": 3, "best_rsum": 500.0}, path)
+    else:
+        torch.save({"model": _RunsCode()}, path)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: {message}")):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()  # nothing in the file was run

@@ -118,3 +118,43 @@ def test_bad_annotation_folder_is_named(tmp_path):
     _write_fixture(folder, i2t, t2i, {}, {})
     with pytest.raises(DataError, match="no entry for query id 1003"):
         cxc_metrics(torch.zeros(N_IMG, 5 * N_IMG), load_cxc(folder, N_IMG, 5 * N_IMG))
+
+
+def test_eval_cli_reports_cxc(tiny_toy, tmp_path, capsys):
+    """eval.py --cxc on a global-coding model: inter-modal recalls from the score matrix it
+    saved, intra-modal ones from its vectors; --results gives the same inter-modal values."""
+    import eval as eval_cli
+    import train as train_cli
+
+    run = tmp_path / "run"
+    train_cli.main(["--config", "vse", "--data_path", str(tiny_toy / "toy"), "--text_enc_type",
+                    "bigru", "--embed_size", "64", "--word_dim", "32", "--batch_size", "32",
+                    "--workers", "0", "--num_epochs", "1", "--model_name", str(run),
+                    "--no_progress"])
+    n_img = 20
+    ids = [str(500 + i) for i in range(n_img)]
+    caps = [str(9000 + c) for c in range(5 * n_img)]
+    folder = tmp_path / "cxc"
+    folder.mkdir()
+    (folder / "testall_ids.txt").write_text("".join(f"{i}\n" for i in ids for _ in range(5)))
+    (folder / "testall_capids.txt").write_text("".join(f"{c}\n" for c in caps))
+    i2t = {img: [[caps[5 * i + j], 5.0] for j in range(5)] for i, img in enumerate(ids)}
+    t2i = {cap: [[ids[c // 5], 5.0]] for c, cap in enumerate(caps)}
+    (folder / "cxc_it.json").write_text(json.dumps({"i2t": i2t, "t2i": t2i}))
+    (folder / "cxc_i2i.json").write_text(json.dumps({ids[0]: [[ids[1], 3.0]]}))
+    (folder / "cxc_t2t.json").write_text(json.dumps({}))
+    sims_file = tmp_path / "sims.npy"
+    metrics = eval_cli.main(["--model_path", str(run / "model_best.pth"), "--split", "test",
+                             "--cxc", str(folder), "--save_results", str(sims_file),
+                             "--no_progress"])
+    assert "CxC i2t:" in capsys.readouterr().out
+    sims = np.load(sims_file, allow_pickle=True).item()["sims"]
+    expected = cxc_metrics(torch.from_numpy(sims), load_cxc(folder, n_img, 5 * n_img))
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value)
+    # with only COCO's own pairs as positives, CxC inter-modal recall is the plain recall
+    assert metrics["cxc_t2i_r5"] == pytest.approx(metrics["r5i"])
+    assert {"cxc_i2i_r1", "cxc_t2t_r10"} <= set(metrics)
+    from_results = eval_cli.main(["--results", str(sims_file), "--cxc", str(folder)])
+    assert from_results["cxc_i2t_r1"] == pytest.approx(metrics["cxc_i2t_r1"])
+    assert "cxc_i2i_r1" not in from_results  # no vectors in a score file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,9 @@ from fixtures_images import CAPTIONS, SPLITS, file_name, image_id, photo, write_
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from lib.data.batch import Batch, ImageBatch
 from lib.data.errors import DataError
 from lib.data.images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ImagePairCollate,
     ImagePairDataset,
     RawImageDataset,
@@ -28,6 +28,7 @@ from lib.data.images import (
     prepare_image,
     resolve_image_size,
 )
+from lib.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from lib.models.backbone import BackboneGridEncoder, TimmTrunk, TorchvisionTrunk, build_trunk
 from lib.models.backbone import drop_cells as drop
 from lib.models.backbone_weights import efficientnet_lite_to_timm, read_state_dict
@@ -195,6 +196,17 @@ def test_training_augmentation_is_a_function_of_seed_epoch_and_item(f30k):
     assert not torch.equal(item[0], other_seed[12][0])
 
 
+def test_no_drop_leaves_captions_alone_but_still_crops_images(f30k):
+    """``--no-drop`` turns caption augmentation off; raw images are always augmented."""
+    s = open_image_split(f30k, "train")
+    plain = ImagePairDataset(s, CharTokenizer(), image_size=48)[12]
+    kept = ImagePairDataset(s, CharTokenizer(), train=True, image_size=48, seed=7,
+                            augment_captions=False)[12]
+    augmented = ImagePairDataset(s, CharTokenizer(), train=True, image_size=48, seed=7)[12]
+    assert torch.equal(kept[1], plain[1]) and not torch.equal(augmented[1], plain[1])
+    assert torch.equal(kept[0], augmented[0]) and not torch.equal(kept[0], plain[0])
+
+
 def test_batches_do_not_depend_on_the_number_of_workers(f30k):
     s = open_image_split(f30k, "train")
     data = ImagePairDataset(s, CharTokenizer(), train=True, image_size=32, seed=1)
@@ -202,8 +214,8 @@ def test_batches_do_not_depend_on_the_number_of_workers(f30k):
     batches = [list(DataLoader(data, batch_size=4, num_workers=workers,
                                collate_fn=ImagePairCollate(0)))[:2] for workers in (0, 2)]
     for serial, parallel in zip(*batches, strict=True):
-        assert serial.keys() == parallel.keys()
-        assert all(torch.equal(serial[k], parallel[k]) for k in serial)
+        assert all(torch.equal(getattr(serial, f.name), getattr(parallel, f.name))
+                   for f in fields(Batch))
 
 
 def test_crop_keeps_one_side_fraction_inside_the_image():
@@ -226,17 +238,17 @@ def test_training_flips_about_half_of_the_images():
     assert prepare_image(pixels, 16)[0, :, 0].mean() < 0  # no generator: never flipped
 
 
-def test_collated_batches_have_the_region_loader_keys(f30k):
+def test_collated_batches_are_the_region_loaders_classes(f30k):
     s = open_image_split(f30k, "dev")
     pairs = ImagePairDataset(s, CharTokenizer(), image_size=40)
     batch = ImagePairCollate(0)([pairs[i] for i in (0, 6, 9)])
-    assert set(batch) == {"images", "img_lens", "captions", "cap_lens", "cap_ids", "img_ids"}
-    assert batch["images"].shape == (3, 3, 40, 40) and batch["img_lens"].tolist() == [0, 0, 0]
-    assert batch["img_ids"].tolist() == [0, 1, 1] and batch["cap_ids"].tolist() == [0, 6, 9]
-    assert batch["captions"].shape[0] == 3 and batch["cap_lens"].min() > 0
+    assert isinstance(batch, Batch)
+    assert batch.images.shape == (3, 3, 40, 40) and batch.img_lens.tolist() == [0, 0, 0]
+    assert batch.img_ids.tolist() == [0, 1, 1] and batch.cap_ids.tolist() == [0, 6, 9]
+    assert batch.captions.shape[0] == 3 and batch.cap_lens.min() > 0
     images = collate_raw_images([RawImageDataset(s, 40)[i] for i in (1, 0)])
-    assert set(images) == {"images", "img_lens", "ids"} and images["ids"].tolist() == [1, 0]
-    assert images["images"].shape == (2, 3, 40, 40)
+    assert isinstance(images, ImageBatch) and images.img_ids.tolist() == [1, 0]
+    assert images.images.shape == (2, 3, 40, 40)
 
 
 def test_image_size_follows_vse_input_scale_factor():
@@ -297,7 +309,7 @@ def test_batchnorm_statistics_do_not_change_in_training():
     enc = resnet18(cell_drop_rate=0.3)
     bns = [m for m in enc.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-    optimizer = torch.optim.AdamW(enc.param_groups(1e-2, 0.0))
+    optimizer = torch.optim.AdamW(enc.parameters(), lr=1e-2, weight_decay=0.0)
     enc.eval().train()
     assert enc.training and enc.fc.training and not any(m.training for m in bns)
     for _ in range(2):
@@ -370,15 +382,6 @@ def test_backbone_names_pick_the_library():
         build_trunk("mobilenet_v3_small")
     with pytest.raises(ValueError, match="not a torchvision classification model nor a timm"):
         build_trunk("no_such_net")
-
-
-def test_param_groups_give_the_frozen_trunk_its_lr_factor():
-    enc = resnet18()
-    enc.freeze_backbone(True)
-    head, trunk = enc.param_groups(5e-4, 1e-4)
-    assert trunk["lr"] == pytest.approx(5e-6) and trunk["lr_factor"] == 0.01
-    assert len(trunk["params"]) == len(list(enc.backbone.parameters()))
-    assert {id(p) for p in head["params"]} == {id(enc.fc.weight), id(enc.fc.bias)}
 
 
 def test_benchmark_grid_reports_images_per_second(capsys):

@@ -23,10 +23,27 @@ def test_hardest_negative_by_hand():
     assert loss.item() == pytest.approx(1.0 + 1.0, abs=1e-6)
 
 
-def test_captions_of_the_same_image_are_not_negatives():
+def test_diagonal_positives_keep_a_same_image_caption_as_a_negative():
+    """CHAN and VSE∞: only the diagonal is positive, even when pairs 0 and 1 share an image."""
     loss = ContrastiveLoss(margin=0.3)(SCORES, torch.tensor([0, 0, 1]))
+    assert loss.item() == pytest.approx(0.1 + 0.1 + 0.8 + 0.5 + 0.5 + 0.1, abs=1e-6)
+    hardest = ContrastiveLoss(margin=0.3)(SCORES, torch.tensor([0, 0, 1]), max_violation=True)
+    assert hardest.item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_same_image_positives_are_never_negatives():
+    loss = ContrastiveLoss(margin=0.3, positives="same_image")(SCORES, torch.tensor([0, 0, 1]))
     # pairs (0,1) and (1,0) are matches: the 0.1 caption cost at (1,0) disappears
     assert loss.item() == pytest.approx(2.1 - 0.1, abs=1e-6)
+    t = 0.5
+    nce = InfoNCELoss(temperature=t, positives="same_image")(SCORES, torch.tensor([0, 0, 1]))
+    logits = SCORES / t
+    rows = torch.stack([logits[0, [0, 2]].logsumexp(0), logits[1, [1, 2]].logsumexp(0),
+                        logits[2].logsumexp(0)])
+    cols = torch.stack([logits[[0, 2], 0].logsumexp(0), logits[[1, 2], 1].logsumexp(0),
+                        logits[:, 2].logsumexp(0)])
+    expected = (-(logits.diag() - rows).mean() - (logits.diag() - cols).mean()) / 2
+    assert nce.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_infonce_by_hand():
@@ -39,7 +56,8 @@ def test_infonce_by_hand():
 
 
 def test_criteria_are_built_from_their_flags():
-    flags = Namespace(criterion="ContrastiveLoss", margin=0.3, temperature=0.5)
+    flags = Namespace(criterion="ContrastiveLoss", margin=0.3, temperature=0.5,
+                      positives="diagonal")
     assert build_criterion(flags)(SCORES, torch.arange(3)).item() == pytest.approx(2.1, abs=1e-6)
     flags.criterion = "InfoNCELoss"
     assert build_criterion(flags).temperature == 0.5

@@ -29,10 +29,10 @@ def _embeddings(n_img, n_cap, seed=0, dim=16, regions=6, max_len=9):
 def test_blocked_scores_equal_reference(coding, pooling, n_img, n_cap, budget):
     imgs, img_lens, caps, cap_lens = _embeddings(n_img, n_cap)
     sim = Similarity(coding, pooling, alpha=0.2, belta=0.3)
-    for param in sim.parameters():  # MixedCoding's mix_logit
+    for param in sim.parameters():  # MixedCoding's mix_logit, AdaptiveMixedCoding's mix_param
         param.data.fill_(0.4)
     reference = pairwise_sims(imgs, img_lens, caps, cap_lens, coding, pooling, alpha=0.2,
-                              belta=0.3, mix_logit=0.4)
+                              belta=0.3, mix_logit=0.4, mix_param=0.4)
     packed = PackedSequences.from_padded(caps, cap_lens)
     # a tiny element budget forces blocks that cut through the caption list everywhere
     scores = score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=budget)
@@ -102,3 +102,33 @@ def test_missing_out_dtype_overload_falls_back_to_upcasting(caplog):
     cuda_out_dtype_works.cache_clear()
     assert cuda_out_dtype_works(torch.device("cpu"), torch.bfloat16) is False
     assert "upcasts its blocks instead" in caplog.text
+
+
+def test_out_of_memory_retries_with_smaller_blocks(monkeypatch, caplog):
+    import lib.evaluation.scoring as scoring
+
+    imgs, img_lens, caps, cap_lens = _embeddings(5, 20)
+    sim = Similarity("VHACoding", "MeanPooling")
+    packed = PackedSequences.from_padded(caps, cap_lens)
+    reference = score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=2**20)
+    real, budgets = scoring._packed_scores, []
+
+    def fits_below(coding, pooling, images, lens, captions, budget, progress):
+        budgets.append(budget)
+        if budget > 2**18:  # a device that only fits blocks of 2**18 elements
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(coding, pooling, images, lens, captions, budget, progress)
+
+    monkeypatch.setattr(scoring, "_packed_scores", fits_below)
+    scores = score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=2**22)
+    assert budgets == [2**22, 2**20, 2**18]
+    torch.testing.assert_close(scores, reference, rtol=0, atol=1e-6)
+    assert "retrying with blocks of 1048576 elements instead of 4194304" in caplog.text
+
+    def never_fits(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(scoring, "_packed_scores", never_fits)
+    from lib.errors import EvaluationError
+    with pytest.raises(EvaluationError, match="out of memory on cpu even with blocks of 65536"):
+        score_matrix(sim, imgs, img_lens, packed, "fp32", max_elements=2**20)

@@ -11,8 +11,8 @@ from lib.masking import l2norm
 from lib.models.context import SASE, SASE_VARIANTS, SeedSASE, SelfAttentionBlock
 from lib.models.fusion import APPM, APPM_VARIANTS, SeedAPPM
 from lib.models.image import PrecompImageEncoder
-from lib.seed_coding import SEED_MIX_INIT, adaptive_mixed_coding
 from lib.similarity import soft_region_coding
+from lib.similarity.adaptive import SEED_MIX_INIT, adaptive_mixed_coding
 
 LENGTHS = (10, 6, 3)
 
@@ -348,9 +348,9 @@ def test_fc_only_basic_encoder_has_exactly_the_fc_parameters():
         torch.testing.assert_close(enc(x, lengths), expected)
 
 
-def test_encoder_defaults_are_unchanged():
-    basic = PrecompImageEncoder(24, 32, "basic")
-    assert basic.mlp is not None
+def test_encoder_defaults():
+    assert PrecompImageEncoder(24, 32, "basic").mlp is None  # CHAN: one FC layer
+    assert PrecompImageEncoder(24, 32, "basic_mlp").mlp is not None  # VSE∞'s basic
     assert PrecompImageEncoder(24, 32, "selfattention").mlp is None
     assert PrecompImageEncoder(24, 32, "selfattention", mlp=True).mlp is not None
     sase = PrecompImageEncoder(24, 32, "sase").context

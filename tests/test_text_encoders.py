@@ -67,3 +67,7 @@ def test_glove_initialisation(tmp_path):
         wrong_width.load_word_vectors(glove, vocab.word2idx)
     with pytest.raises(DataError, match="needs --wemb_path"):
         enc.load_word_vectors(tmp_path / "missing.txt", vocab.word2idx)
+    glove.write_text("dog 1 2 3 4\ncat 0.5 nan? 0 -1\n")
+    with pytest.raises(DataError, match=r"glove.txt:2: expected numbers after the word, found "
+                                        r"'nan\?'"):
+        enc.load_word_vectors(glove, vocab.word2idx)

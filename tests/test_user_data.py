@@ -182,3 +182,12 @@ def test_only_captions_with_enough_characters_are_tokenized(tiny_toy):
     # 'a b c d' has 4 non-space characters (at most 4 tokens + 2): never tokenized
     assert (found.count, found.longest_line, found.longest_tokens) == (1, 2, 8)
     assert Counting.calls == 1
+
+
+def test_a_missing_vocabulary_says_how_to_build_one(tiny_toy, tmp_path):
+    data = _copy_as(tiny_toy, tmp_path, "f30k")
+    (tmp_path / "vocab" / "f30k_precomp_vocab.json").unlink()
+    args = parse_train_args(_train_args(data, tmp_path / "run"))
+    with pytest.raises(DataError, match=r"vocabulary not found: .*f30k_precomp_vocab.json .*"
+                                        r"python -m lib.data.vocab --captions"):
+        train_cli.prepare_data(args)

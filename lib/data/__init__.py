@@ -4,7 +4,9 @@
 batches (``batch.py``). A split is described by ``captions`` (list of str), ``num_images``,
 ``num_captions``, ``image_of(caption_index)``, ``feature_dim`` and ``images()`` (a reader of one
 image's ``(R, img_dim)`` features by index, picklable into loader workers). A new kind of data
-is a function returning such a description, added to :data:`DATASET_KINDS`.
+is a function returning such a description, added to :data:`DATASET_KINDS`. Raw images
+(``images.py``, kind ``"images"``) have their own datasets, since decoding and augmentation
+need the pixels, and yield the same batch classes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .batch import Batch, CaptionBatch, ImageBatch
+from .images import (
+    ImagePairCollate,
+    ImagePairDataset,
+    ImageSplit,
+    RawImageDataset,
+    collate_raw_images,
+    open_images,
+)
 from .naming import check_vocab_coverage, check_vocab_name, dataset_name
 from .pairs import CaptionFormat, EpochBatchSampler, PairBatches, TrainBatches
 from .precomp import (
@@ -36,13 +46,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS", "DATASET_KINDS", "Batch", "CaptionBatch", "ImageBatch", "DataError", "PrecompSplit",
-    "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader", "eval_loaders",
-    "Vocabulary", "dataset_name",
+    "ImageSplit", "build_dataset", "open_split", "build_tokenizer", "load_vocab", "train_loader",
+    "eval_loaders", "Vocabulary", "dataset_name",
 ]
 
 
-# kind -> opener(data_path, split, img_dim) of a split description
-DATASET_KINDS = {"precomp": open_split}
+# kind -> opener(data_path, split, img_dim) of a split description; "images": raw images for
+# the backbone grid encoder (images.py)
+DATASET_KINDS = {"precomp": open_split, "images": open_images}
 
 
 def build_dataset(kind: str, data_path: str | Path, split: str, img_dim: int | None = None):
@@ -77,7 +88,7 @@ def build_tokenizer(args, vocab: Vocabulary | None = None):
     return WordPieceTokenizer(args.bert_path, max_length=args.max_caption_tokens)
 
 
-def report_long_captions(split: PrecompSplit, tokenizer) -> int:
+def report_long_captions(split: PrecompSplit | ImageSplit, tokenizer) -> int:
     """Log once how many captions of ``split`` the tokenizer cuts; returns that count."""
     found = find_long_captions(split.captions, tokenizer, split.caps_path)
     if found.count:
@@ -85,14 +96,26 @@ def report_long_captions(split: PrecompSplit, tokenizer) -> int:
     return found.count
 
 
-def train_loader(args, tokenizer, split: PrecompSplit) -> TrainBatches:
-    """Augmented training batches of ``split``, built a batch at a time (``pairs.py``); the
-    captions are tokenized once (cached in ``--token_cache`` when given)."""
+def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit) -> TrainBatches | DataLoader:
+    """Training batches of ``split``. Region features: built a batch at a time (``pairs.py``)
+    from captions tokenized once (cached in ``--token_cache`` when given). Raw images: item by
+    item in loader processes, which decode and augment the pixels.
+
+    ``--drop`` switches caption augmentation and region drop together, as CHAN's flag does; raw
+    images are always cropped and flipped, their cells dropped by the grid encoder.
+    """
     report_long_captions(split, tokenizer)
+    if isinstance(split, ImageSplit):
+        dataset = ImagePairDataset(split, tokenizer, train=True, image_size=args.image_size,
+                                   seed=args.seed, augment_captions=args.drop)
+        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                          num_workers=args.workers, collate_fn=ImagePairCollate(tokenizer.pad_id),
+                          pin_memory=torch.cuda.is_available())
     cache = check_token_cache(args.token_cache, args.data_path)
     tokens = tokenize_captions(split.captions, tokenizer, cache)
     dataset = PairBatches(split, tokens, CaptionFormat.of(tokenizer),
-                          region_drop=args.obj_drop_rate if args.drop else 0.0, seed=args.seed,
+                          region_drop=args.obj_drop_rate if args.drop else 0.0,
+                          augment_captions=args.drop, seed=args.seed,
                           pin=torch.cuda.is_available())
     sampler = EpochBatchSampler(split.num_captions, args.batch_size, args.seed)
     return TrainBatches(dataset, sampler, args.workers)
@@ -106,13 +129,19 @@ def check_token_cache(cache: str | None, data_path: str) -> str | None:
     return cache
 
 
-def eval_loaders(data_path: str, split_name: str, img_dim: int, tokenizer, batch_size: int,
-                 workers: int, kind: str = "precomp") -> tuple[DataLoader, DataLoader, object]:
-    """Loaders over the split's images (each once) and captions (in file order)."""
+def eval_loaders(data_path: str, split_name: str, img_dim: int | None, tokenizer,
+                 batch_size: int, workers: int, kind: str = "precomp",
+                 image_size: int | None = None) -> tuple[DataLoader, DataLoader, object]:
+    """Loaders over the split's images (each once) and captions (in file order).
+    ``image_size``: the network input side, for raw images (``kind="images"``)."""
     split = build_dataset(kind, data_path, split_name, img_dim)
     report_long_captions(split, tokenizer)
-    images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_images)
+    if isinstance(split, ImageSplit):
+        images = DataLoader(RawImageDataset(split, image_size), batch_size=batch_size,
+                            num_workers=workers, collate_fn=collate_raw_images)
+    else:
+        images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
+                            collate_fn=collate_images)
     captions = DataLoader(CaptionDataset(split, tokenizer), batch_size=batch_size,
                           num_workers=workers, collate_fn=CaptionCollate(tokenizer.pad_id))
     return images, captions, split

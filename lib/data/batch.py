@@ -13,6 +13,8 @@ the batch; the ``*_lens`` tensors say how much of each row is real.
   ``cap_ids``.
 
 A new dataset yields the same classes, so the model, the losses and evaluation need no change.
+Raw images (``images.py``) fill ``images`` with ``(B, 3, S, S)`` pixels and ``img_lens`` with
+zeros: the grid encoder returns the cell counts.
 """
 
 from __future__ import annotations

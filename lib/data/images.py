@@ -23,10 +23,11 @@ probability 0.5. At test time the whole image is resized. The draws are a pure f
 (seed, epoch, item) through :func:`item_generator`, so any number of workers gives the same
 batches.
 
-Batches are dicts with the keys of the region loaders. ``images`` is ``(B, 3, S, S)``;
-``img_lens`` is a ``(B,)`` tensor of zeros, so that every batch value is a tensor that moves to
-the device: a grid has no length before the encoder runs, and
-``lib.models.backbone.BackboneGridEncoder`` returns the real cell counts with its embeddings.
+Batches are the region loaders' classes (``lib/data/batch.py``): :class:`Batch` for training,
+:class:`ImageBatch` for evaluation, captions through the region loaders' ``CaptionDataset``.
+``images`` is ``(B, 3, S, S)``; ``img_lens`` is a ``(B,)`` tensor of zeros: a grid has no length
+before the encoder runs, and ``lib.models.backbone.BackboneGridEncoder`` returns the real cell
+counts with its embeddings. This is ``DATASET_KINDS["images"]`` (:func:`open_images`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .batch import Batch, ImageBatch
 from .errors import DataError
+from .naming import folder_dataset
 from .precomp import DEV_CAPTIONS, item_generator, pad_sequences
 from .vocab import read_lines
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_FOLDERS = {"coco": "images", "f30k": "flickr30k-images"}
 MAPPING_FILE = "id_mapping.json"
 DEFAULT_IMAGE_SIZE = 512
@@ -91,6 +93,11 @@ class ImageSplit:
     def num_captions(self) -> int:
         return len(self.captions)
 
+    @property
+    def feature_dim(self) -> None:
+        """No feature width to check or record: the backbone decides it."""
+        return None
+
     def image_of(self, caption_index: int) -> int:
         return caption_index // self.im_div
 
@@ -108,8 +115,8 @@ def image_folder(root: Path, data_name: str | None = None) -> Path:
     names = [IMAGE_FOLDERS[data_name]] if data_name in IMAGE_FOLDERS else IMAGE_FOLDERS.values()
     found = [root / name for name in names if (root / name).is_dir()]
     if len(found) > 1:
-        raise DataError(f"{root} holds both {found[0].name}/ and {found[1].name}/; pass "
-                        f"--data_name coco or f30k to pick the image folder")
+        raise DataError(f"{root} holds both {found[0].name}/ and {found[1].name}/; keep one, "
+                        f"or name the data folder coco or f30k to pick one")
     if not found:
         raise DataError(f"image folder not found in {root}: expected "
                         f"{' or '.join(n + '/' for n in names)} (Flickr30K: "
@@ -135,8 +142,29 @@ def open_image_split(data_path: str | Path, split: str,
         ids = ids[:DEV_CAPTIONS // im_div]
     mapping_path = root / MAPPING_FILE
     files = _mapped_files(mapping_path, ids, ids_path)
-    return ImageSplit(image_folder(root, data_name), mapping_path, [str(i) for i in ids], files,
-                      captions, im_div, caps_path)
+    opened = ImageSplit(image_folder(root, data_name), mapping_path, [str(i) for i in ids], files,
+                        captions, im_div, caps_path)
+    _check_files_exist(opened, split)
+    return opened
+
+
+def _check_files_exist(split: ImageSplit, name: str) -> None:
+    """Fail before training rather than when a missing image is first decoded (one ``stat``
+    per image: a fraction of a second for COCO's 113K training images on a local disk)."""
+    missing = [row for row in range(split.num_images) if not split.path_of(row).is_file()]
+    if missing:
+        raise DataError(f"image not found: {split.path_of(missing[0])} "
+                        f"({split.describe(missing[0])}); {len(missing)} of the "
+                        f"{split.num_images} images of split {name!r} are missing")
+
+
+def open_images(data_path: str | Path, split: str, img_dim: int | None = None) -> ImageSplit:
+    """``DATASET_KINDS["images"]``: :func:`open_image_split`, the image folder picked by the
+    data folder's name (``f30k``, ``coco``). Raw images have no feature width: ``img_dim``
+    must be None."""
+    if img_dim is not None:
+        raise ValueError(f"raw images have no feature width to check (img_dim {img_dim})")
+    return open_image_split(data_path, split, folder_dataset(data_path))
 
 
 def _read_ids(path: Path) -> list[int]:
@@ -232,19 +260,22 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 
 class ImagePairDataset(Dataset):
-    """(image, caption tokens, caption index, image row) per caption; augments when ``train``.
+    """(image, caption tokens, caption index, image row) per caption; augments when ``train``
+    (the captions too unless ``augment_captions`` is False: ``--no-drop``).
 
     The image augmentation and the caption augmentation share one per-item generator (image
     draws first), so an item is a pure function of (seed, epoch, index).
     """
 
     def __init__(self, split: ImageSplit, tokenizer, train: bool = False,
-                 image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0):
+                 image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
+                 augment_captions: bool = True):
         self.split = split
         self.tokenizer = tokenizer
         self.train = train
         self.image_size = image_size
         self.seed = seed
+        self.augment_captions = augment_captions
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -257,7 +288,8 @@ class ImagePairDataset(Dataset):
         img_index = self.split.image_of(index)
         gen = item_generator(self.seed, self.epoch, index) if self.train else None
         image = prepare_image(load_pixels(self.split, img_index), self.image_size, gen)
-        tokens = self.tokenizer.encode(self.split.captions[index], gen)
+        tokens = self.tokenizer.encode(self.split.captions[index],
+                                       gen if self.augment_captions else None)
         return image, torch.tensor(tokens, dtype=torch.long), index, img_index
 
 
@@ -281,21 +313,19 @@ def unknown_lengths(batch_size: int) -> torch.Tensor:
 
 
 class ImagePairCollate:
-    """Training batches: ``images (B, 3, S, S)``, ``img_lens`` zeros, padded captions."""
+    """Training :class:`Batch`: ``images (B, 3, S, S)``, ``img_lens`` zeros, padded captions."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
-    def __call__(self, batch) -> dict:
+    def __call__(self, batch) -> Batch:
         images, tokens, cap_ids, img_ids = zip(*batch, strict=True)
         captions, cap_lens = pad_sequences(list(tokens), self.pad_id)
-        return {"images": torch.stack(images), "img_lens": unknown_lengths(len(images)),
-                "captions": captions, "cap_lens": cap_lens, "cap_ids": torch.tensor(cap_ids),
-                "img_ids": torch.tensor(img_ids)}
+        return Batch(torch.stack(images), unknown_lengths(len(images)), captions, cap_lens,
+                     torch.tensor(cap_ids), torch.tensor(img_ids))
 
 
-def collate_raw_images(batch) -> dict:
-    """Evaluation batches of :class:`RawImageDataset`: ``images``, ``img_lens``, ``ids``."""
+def collate_raw_images(batch) -> ImageBatch:
+    """Evaluation :class:`ImageBatch` of :class:`RawImageDataset`: each image once."""
     images, ids = zip(*batch, strict=True)
-    return {"images": torch.stack(images), "img_lens": unknown_lengths(len(images)),
-            "ids": torch.tensor(ids)}
+    return ImageBatch(torch.stack(images), unknown_lengths(len(images)), torch.tensor(ids))

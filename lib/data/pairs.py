@@ -96,13 +96,16 @@ class PairBatches:
     """``(epoch, caption indices)`` -> the augmented :class:`Batch` of those captions.
 
     ``split`` must offer ``images().gather`` (precomputed region features do). ``region_drop``
-    is the probability of dropping a region; captions are always augmented.
+    is the probability of dropping a region; ``augment_captions`` turns the word augmentation
+    on; ``pin``: page-locked batches, for a GPU.
     """
 
     def __init__(self, split, tokens: TokenizedCaptions, caption_format: CaptionFormat,
-                 region_drop: float = 0.0, seed: int = 0, pin: bool = False):
+                 region_drop: float = 0.0, augment_captions: bool = True, seed: int = 0,
+                 pin: bool = False):
         self.split, self.tokens, self.format = split, tokens, caption_format
-        self.region_drop, self.seed, self.pin = region_drop, seed, pin
+        self.region_drop, self.augment_captions = region_drop, augment_captions
+        self.seed, self.pin = seed, pin
         self.features = split.images()
 
     def __len__(self) -> int:
@@ -132,8 +135,9 @@ class PairBatches:
         """``(B, L)`` augmented, wrapped and padded token ids and ``(B,)`` lengths."""
         f = self.format
         ids, starts, lengths = self.tokens.select(captions)
-        ids, lengths = augment_tokens(self.seed, epoch, captions, ids, starts, lengths,
-                                      f.mask_id, f.vocab_size)
+        if self.augment_captions:
+            ids, lengths = augment_tokens(self.seed, epoch, captions, ids, starts, lengths,
+                                          f.mask_id, f.vocab_size)
         return wrap_and_pad(ids, lengths, f.start_id, f.end_id, f.pad_id, f.max_length,
                             CAPTION_MULTIPLE)
 

@@ -19,16 +19,20 @@ bfloat16 scores would tie far more often than real-valued ones.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
+from ..errors import EvaluationError
 from ..masking import length_mask
 from ..precision import autocast, matmul_mode, storage_dtype, with_index
 from ..similarity import padded_scores
 
 CPU_BLOCK_ELEMENTS = 2**24  # elements of the largest intermediate on CPU (~64 MB of float32)
+MIN_BLOCK_ELEMENTS = 2**16  # the smallest blocks an out-of-memory retry goes down to
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,10 +123,26 @@ def score_matrix(sim, images: torch.Tensor, img_lens: torch.Tensor, captions: Pa
     dtype = storage_dtype(precision)
     images, captions = images.to(dtype), PackedSequences(captions.data.to(dtype), captions.lengths)
     coding, pooling = sim.coding(), sim.pooling()
+    score = _packed_scores if coding.packed_scores is not None else _padded_scores
     with matmul_mode(precision):
-        if coding.packed_scores is not None:
-            return _packed_scores(coding, pooling, images, img_lens, captions, budget, progress)
-        return _padded_scores(coding, pooling, images, img_lens, captions, budget, progress)
+        while True:
+            try:
+                return score(coding, pooling, images, img_lens, captions, budget, progress)
+            except torch.OutOfMemoryError:
+                budget = _smaller_budget(budget, device)
+
+
+def _smaller_budget(budget: int, device: torch.device) -> int:
+    """After running out of device memory: a quarter of the block size, or a clear error when
+    the blocks are already at their floor (the embeddings themselves do not fit)."""
+    if budget <= MIN_BLOCK_ELEMENTS:
+        raise EvaluationError(f"out of memory on {device} even with blocks of {budget} "
+                              f"elements; free the device or evaluate with --device cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log.warning("out of memory on %s while scoring; retrying with blocks of %d elements "
+                "instead of %d", device, max(MIN_BLOCK_ELEMENTS, budget // 4), budget)
+    return max(MIN_BLOCK_ELEMENTS, budget // 4)
 
 
 def _packed_scores(coding, pooling, images, img_lens, captions, budget, progress):

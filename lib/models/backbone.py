@@ -1,6 +1,6 @@
 """Backbone grid encoder (``--precomp_enc_type backbone``): raw images -> grid-cell embeddings.
 
-Data flow for ``images (B, 3, S, S)`` (ImageNet-normalised, ``lib.data.images``)::
+Data flow for ``images (B, 3, S, S)`` (ImageNet-normalised by the loaders, ``lib.imagenet``)::
 
     trunk        CNN up to its last feature map                      (B, C, h, w)
                  (ResNet: h = w = S / 32, 16 x 16 at 512 px, C = 2048)
@@ -26,7 +26,9 @@ inside the encoder, so the data pipeline is the same for every backbone.
 Training details from VSE∞ (``lib/encoders.py``, ``lib/modules/resnet.py``): the trunk's
 BatchNorm layers always stay in eval mode (batch statistics of a few images would be noise, and
 their running statistics never change); the trunk is frozen during ``--embedding_warmup_epochs``
-(``freeze_backbone``) and then trains at ``lr * lr_factor`` (``--backbone_lr_factor``, 0.01).
+(``freeze_backbone``) and then trains at ``lr * --backbone_lr_factor`` (0.01): the trunk carries
+``lr_group = BACKBONE_GROUP``, which ``ImageTextModel.param_groups`` turns into its own optimizer
+group, frozen or not.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..masking import l2norm, length_mask
 from .backbone_weights import load_weights
 
-BACKBONE_LR_FACTOR = 0.01  # VSE∞'s --backbone_lr_factor
+GRID_ENCODER = "backbone"  # its --precomp_enc_type (VSE∞'s name)
+BACKBONE_GROUP = "backbone"  # learning-rate group of the trunk (at --backbone_lr_factor)
 SOURCES = ("torchvision", "timm")
 
 
@@ -54,9 +57,6 @@ class TorchvisionTrunk(nn.Module):
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None)
-        if not hasattr(model, "layer4") or not isinstance(getattr(model, "fc", None), nn.Linear):
-            raise ValueError(f"--backbone {name}: only torchvision ResNet-family models "
-                             f"(conv1 ... layer4, fc) are supported; use timm:{name} for others")
         self.net = nn.Sequential(OrderedDict(
             (n, m) for n, m in model.named_children() if n not in ("avgpool", "fc")))
         self.channels = model.fc.in_features
@@ -96,22 +96,35 @@ class TimmTrunk(nn.Module):
         return features  # (B, C, h, w)
 
 
-def build_trunk(name: str) -> TorchvisionTrunk | TimmTrunk:
-    """``[torchvision:|timm:]NAME`` -> trunk with random weights (nothing is downloaded)."""
+def backbone_source(name: str) -> tuple[str, str]:
+    """``[torchvision:|timm:]NAME`` -> (library, model name), or ValueError naming the problem.
+
+    A plain name is looked up in torchvision first. From torchvision only the ResNet family
+    (``conv1 ... layer4, fc``: ResNet, ResNeXt, Wide ResNet) has the layout the trunk keeps.
+    Cheap enough for the command line to check ``--backbone`` before anything is written.
+    """
     source, _, model = name.rpartition(":")
     if source and source not in SOURCES:
         raise ValueError(f"--backbone {name}: prefix must be one of {', '.join(SOURCES)}")
     import torchvision
 
-    if source == "torchvision" or (not source and model in torchvision.models.list_models(
-            module=torchvision.models)):
-        return TorchvisionTrunk(model)
+    if source != "timm" and model in torchvision.models.list_models(module=torchvision.models):
+        if torchvision.models.get_model_builder(model).__module__ != "torchvision.models.resnet":
+            raise ValueError(f"--backbone {name}: only torchvision ResNet-family models "
+                             f"(conv1 ... layer4, fc) are supported; use timm:{model} for others")
+        return "torchvision", model
     import timm
 
-    if timm.is_model(model):
-        return TimmTrunk(model)
+    if source != "torchvision" and timm.is_model(model):
+        return "timm", model
     raise ValueError(f"--backbone {name}: not a torchvision classification model nor a timm "
                      f"model name")
+
+
+def build_trunk(name: str) -> TorchvisionTrunk | TimmTrunk:
+    """``[torchvision:|timm:]NAME`` -> trunk with random weights (nothing is downloaded)."""
+    source, model = backbone_source(name)
+    return TorchvisionTrunk(model) if source == "torchvision" else TimmTrunk(model)
 
 
 def drop_cells(x: torch.Tensor, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,19 +145,21 @@ class BackboneGridEncoder(nn.Module):
     """Raw images ``(B, 3, S, S)`` -> grid-cell embeddings ``(B, N, D)`` and lengths ``(B,)``.
 
     ``backbone``: trunk name (see the module docstring); ``backbone_path``: local weights file
-    or None (random weights); ``fusion``: an APPM/SeedAPPM built with ``spatial_dims=2``;
-    ``cell_drop_rate``: training-time drop probability of each cell (0 disables).
+    or None (random weights, e.g. when a checkpoint's weights will replace them); ``fusion``:
+    an APPM/SeedAPPM built with ``spatial_dims=2``; ``cell_drop_rate``: training-time drop
+    probability of each cell (0 disables).
     """
 
     def __init__(self, backbone: str, embed_size: int, backbone_path: str | Path | None = None,
                  fusion: nn.Module | None = None, cell_drop_rate: float = 0.2,
-                 no_imgnorm: bool = False, lr_factor: float = BACKBONE_LR_FACTOR):
+                 no_imgnorm: bool = False):
         super().__init__()
         if fusion is not None and getattr(fusion, "dims", None) != 2:
             raise ValueError("the grid encoder needs a fusion module built with spatial_dims=2")
         if not 0 <= cell_drop_rate < 1:
             raise ValueError(f"cell drop rate must be in [0, 1), got {cell_drop_rate}")
         self.backbone = build_trunk(backbone)
+        self.backbone.lr_group = BACKBONE_GROUP
         if backbone_path is not None:
             load_weights(self.backbone.net, backbone_path, self.backbone.head_prefixes,
                          self.backbone.stage_depths)
@@ -155,7 +170,6 @@ class BackboneGridEncoder(nn.Module):
         self.fusion = fusion
         self.cell_drop_rate = cell_drop_rate
         self.normalize = not no_imgnorm
-        self.lr_factor = lr_factor
 
     def _set_input_norm(self, mean: tuple, std: tuple) -> None:
         """Affine map from ImageNet-normalised inputs to the trunk's own normalisation."""
@@ -174,7 +188,11 @@ class BackboneGridEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
             return self.backbone(images)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cells ``(B, N, D)`` and their counts ``(B,)``. ``lengths`` (the loaders' zeros) is
+        accepted for the image-encoder call convention and unused: a grid's size is known only
+        from the feature map."""
         fmap = self.feature_map(images)  # (B, C, h, w)
         batch, _, h, w = fmap.shape
         x = self.fc(fmap.flatten(2).transpose(1, 2))  # (B, h*w, D)
@@ -199,13 +217,3 @@ class BackboneGridEncoder(nn.Module):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         return self
-
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Head at ``lr``, trunk at ``lr * lr_factor``; frozen trunk parameters are included, so
-        an optimizer built during the warm-up trains them once they are unfrozen."""
-        trunk = list(self.backbone.parameters())
-        trunk_ids = {id(p) for p in trunk}
-        head = [p for p in self.parameters() if id(p) not in trunk_ids]
-        return [{"params": head, "lr": lr, "weight_decay": weight_decay, "lr_factor": 1.0},
-                {"params": trunk, "lr": lr * self.lr_factor, "weight_decay": weight_decay,
-                 "lr_factor": self.lr_factor}]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 

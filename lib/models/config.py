@@ -11,10 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
-# Fields --resume does not compare: GloVe initialisation (the checkpoint's weights replace it)
-# and the BERT-family model's location (the same model may be resumed from another folder; a
-# different architecture fails when its weights load).
+# Fields --resume does not compare: GloVe initialisation (the checkpoint's weights replace it),
+# the location of the BERT-family model or of the backbone weights (the same model may be
+# resumed from another folder; a different architecture fails when its weights load), and the
+# grid's input side and cell drop (no weight depends on them: a run may go on at another size).
 NOT_COMPARED = {"compared": False}
+# Fields that configs saved before them lack, with the behaviour those models had.
+ADDED_LATER = {"appm_variant": "ours", "sase_variant": "ours", "attn_dropout": 0.1,
+               "layer_scale": 0.1, "backbone": "resnet152", "backbone_path": None,
+               "image_size": None, "cell_drop_rate": 0.2}
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,23 @@ class ModelConfig:
     text_gnn: bool
     gnn_threshold: float
     gnn_hidden: int
+    appm_variant: str
+    sase_variant: str
+    attn_dropout: float
+    layer_scale: float | None
+    # raw images and backbone grids (--precomp_enc_type backbone)
+    backbone: str
+    backbone_path: str | None = field(metadata=NOT_COMPARED)
+    image_size: int | None = field(metadata=NOT_COMPARED)  # input side; None for region features
+    cell_drop_rate: float = field(metadata=NOT_COMPARED)
 
     @classmethod
     def from_dict(cls, values: Mapping) -> ModelConfig:
-        """The config from a mapping holding (at least) every field, e.g. ``vars(args)``."""
+        """The config from a mapping holding (at least) every field, e.g. ``vars(args)``.
+
+        Fields added after a config was saved take :data:`ADDED_LATER`'s values: what models
+        built before them computed."""
+        values = {**ADDED_LATER, **values}
         missing = [f.name for f in fields(cls) if f.name not in values]
         if missing:
             raise KeyError(f"model config lacks {missing}")

@@ -166,14 +166,17 @@ class APPM(nn.Module):
     """Bottleneck -> ASPP -> PPM -> projection back, added residually to the input."""
 
     def __init__(self, embed_size: int, fusion_dim: int = 128, rates: tuple[int, ...] = (6, 18),
-                 bins: tuple[int, ...] = (1, 2, 4), spatial_dims: int = 1):
+                 bins: tuple[int, ...] = (1, 2, 4), spatial_dims: int = 1,
+                 layer_scale: float | None = 0.1):
         super().__init__()
         self.dims = _check_dims(spatial_dims)
         self.down = nn.Linear(embed_size, fusion_dim)
         self.aspp = ASPP(fusion_dim, tuple(rates), spatial_dims)
         self.ppm = PPM(fusion_dim, tuple(bins), spatial_dims)
         self.up = nn.Linear(fusion_dim, embed_size)
-        self.scale = nn.Parameter(torch.full((embed_size,), 0.1))  # LayerScale on the branch
+        # LayerScale on the branch; None: plain residual
+        self.scale = None if layer_scale is None else \
+            nn.Parameter(torch.full((embed_size,), layer_scale))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -181,8 +184,9 @@ class APPM(nn.Module):
         h = self.down(x) * mask.unsqueeze(-1)  # (B, N, C)
         h, m = _channels_first(h, mask, self.dims, shape)  # (B, C, *S), (B, *S)
         h = self.ppm(self.aspp(h, m), m)  # (B, C, *S)
-        h = h.flatten(2).transpose(1, 2)  # (B, N, C)
-        return (x + self.scale * self.up(h)) * mask.unsqueeze(-1)
+        h = self.up(h.flatten(2).transpose(1, 2))  # (B, N, D)
+        h = h if self.scale is None else self.scale * h
+        return (x + h) * mask.unsqueeze(-1)
 
 
 def packed_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

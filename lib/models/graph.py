@@ -55,15 +55,18 @@ class GraphAttention(nn.Module):
 class TokenGraph(nn.Module):
     """Two GAT layers (D -> hidden -> D) on the similarity graph, residual + LayerNorm."""
 
-    def __init__(self, dim: int, hidden: int = 512, threshold: float = 0.5):
+    def __init__(self, dim: int, hidden: int = 512, threshold: float = 0.5,
+                 layer_scale: float | None = 0.1):
         super().__init__()
         self.threshold = threshold
         self.gat1 = GraphAttention(dim, hidden)
         self.gat2 = GraphAttention(hidden, dim)
-        self.scale = nn.Parameter(torch.full((dim,), 0.1))
+        # None: the plain residual the seed describes
+        self.scale = None if layer_scale is None else nn.Parameter(torch.full((dim,), layer_scale))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         adj = token_adjacency(x, mask, self.threshold)
-        h = self.gat2(F.elu(self.gat1(x, adj)), adj)
-        return self.norm(x + self.scale * h) * mask.unsqueeze(-1)
+        h = self.gat2(F.elu(self.gat1(x, adj)), adj)  # (B, L, D)
+        h = h if self.scale is None else self.scale * h
+        return self.norm(x + h) * mask.unsqueeze(-1)

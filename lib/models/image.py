@@ -13,7 +13,8 @@ from torch import nn
 from ..masking import l2norm, length_mask, masked_batch_norm
 from .context import ATTENTION_HEADS, SASE_VARIANTS, SelfAttentionBlock
 
-IMAGE_ENCODERS = ("basic", "selfattention", "sase")
+# basic: one FC layer (CHAN); basic_mlp: FC + residual MLP (VSE∞'s "basic")
+IMAGE_ENCODERS = ("basic", "basic_mlp", "selfattention", "sase")
 
 
 class PackedMLP(nn.Module):
@@ -34,9 +35,9 @@ class PackedMLP(nn.Module):
 class PrecompImageEncoder(nn.Module):
     """FC projection (+ residual MLP), optional fusion and context, L2 norm.
 
-    ``mlp``: add VSE∞'s residual MLP (Linear-BN-ReLU-Linear) to the FC output; ``None`` (the
-    default) adds it for ``basic`` only, as before. ``mlp=False`` with ``basic`` is CHAN's
-    ``basic`` (one FC layer, its MLP is ``nn.Identity()``).
+    ``basic`` is CHAN's encoder: one FC layer (its MLP is ``nn.Identity()``); ``basic_mlp`` is
+    VSE∞'s ``basic``: the FC plus a residual MLP (Linear-BN-ReLU-Linear). ``mlp=True`` adds that
+    MLP to the other encoders too.
     ``sase_variant``: ``"ours"`` or ``"seed"`` squeeze-excitation for ``sase`` (see
     ``context.py``). ``attn_dropout`` and ``layer_scale`` configure the self-attention block of
     ``selfattention`` and of both SASE variants; the seed's and CHAN's blocks are
@@ -45,7 +46,7 @@ class PrecompImageEncoder(nn.Module):
 
     def __init__(self, img_dim: int, embed_size: int, enc_type: str = "basic",
                  no_imgnorm: bool = False, fusion: nn.Module | None = None,
-                 heads: int = ATTENTION_HEADS, mlp: bool | None = None,
+                 heads: int = ATTENTION_HEADS, mlp: bool = False,
                  sase_variant: str = "ours", attn_dropout: float = 0.1,
                  layer_scale: float | None = 0.1):
         super().__init__()
@@ -58,11 +59,10 @@ class PrecompImageEncoder(nn.Module):
         self.fc = nn.Linear(img_dim, embed_size)
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        if mlp is None:
-            mlp = enc_type == "basic"
+        mlp = mlp or enc_type == "basic_mlp"
         self.mlp = PackedMLP(img_dim, embed_size // 2, embed_size) if mlp else None
         self.fusion = fusion
-        context = {"basic": None, "selfattention": SelfAttentionBlock,
+        context = {"basic": None, "basic_mlp": None, "selfattention": SelfAttentionBlock,
                    "sase": SASE_VARIANTS[sase_variant]}[enc_type]
         self.context = None if context is None else context(
             embed_size, heads, dropout=attn_dropout, layer_scale=layer_scale)

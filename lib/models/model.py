@@ -24,6 +24,11 @@ class Embeddings:
     captions: torch.Tensor  # (B, L', D) token embeddings
     cap_lens: torch.Tensor  # (B,) valid tokens
 
+    def float(self) -> Embeddings:
+        """The same embeddings in float32 (e.g. to score bf16 encoder outputs exactly)."""
+        return Embeddings(self.images.float(), self.img_lens, self.captions.float(),
+                          self.cap_lens)
+
 
 class ImageTextModel(nn.Module):
     """``img_enc``: regions -> (B, R, D); ``txt_enc``: tokens -> (B, L, D); ``sim``: scores.
@@ -44,15 +49,24 @@ class ImageTextModel(nn.Module):
         self.img_pool, self.txt_pool = img_pool, txt_pool
 
     def encode_images(self, images: torch.Tensor, lengths: torch.Tensor):
-        """``(B, R, img_dim)`` -> embeddings ``(B, R', D)`` and their lengths ``(B,)``."""
-        return _pooled(self.img_enc(images, lengths), lengths, self.img_pool)
+        """``(B, R, img_dim)`` regions or ``(B, 3, S, S)`` raw images -> embeddings
+        ``(B, R', D)`` and their lengths ``(B,)``.
+
+        A region encoder keeps the regions' lengths; a grid encoder returns ``(cells,
+        lengths)``, as only it knows how many cells the feature map has and which it dropped.
+        """
+        emb = self.img_enc(images, lengths)
+        if isinstance(emb, tuple):
+            emb, lengths = emb
+        return _pooled(emb, lengths, self.img_pool)
 
     def encode_captions(self, tokens: torch.Tensor, lengths: torch.Tensor):
         """``(B, L)`` ids -> embeddings ``(B, L', D)`` and their lengths ``(B,)``."""
         return _pooled(self.txt_enc(tokens, lengths), lengths, self.txt_pool)
 
     def forward(self, images, img_lens, captions, cap_lens) -> Embeddings:
-        """Both sides of a batch: regions ``(B, R, img_dim)`` and token ids ``(B, L)``."""
+        """Both sides of a batch: regions ``(B, R, img_dim)`` (or raw images) and token ids
+        ``(B, L)``."""
         return Embeddings(*self.encode_images(images, img_lens),
                           *self.encode_captions(captions, cap_lens))
 
@@ -67,7 +81,8 @@ class ImageTextModel(nn.Module):
         A module joins group ``name`` by carrying an attribute ``lr_group = name`` (the
         pretrained transformer of ``BertTextEncoder`` does); its parameters and its children's
         train at ``lr * lr_factors[name]`` (``lr_factor`` in the group, for the schedule). A
-        group nested in another wins for its own parameters.
+        group nested in another wins for its own parameters. Frozen parameters are included:
+        a backbone frozen for its warm-up epochs trains in its group once it is unfrozen.
         """
         group_of = {}
         for module in self.modules():  # parents before children, so inner groups win
@@ -76,8 +91,7 @@ class ImageTextModel(nn.Module):
                 group_of.update({id(param): name for param in module.parameters()})
         members: dict[str | None, list] = {None: []}
         for param in self.parameters():
-            if param.requires_grad:
-                members.setdefault(group_of.get(id(param)), []).append(param)
+            members.setdefault(group_of.get(id(param)), []).append(param)
         factors = {None: 1.0, **lr_factors}
         missing = set(members) - set(factors)
         if missing:

@@ -46,7 +46,7 @@ class GRUTextEncoder(nn.Module):
                                     f"(--word_dim {width}), found {len(values)}")
                 index = word_index.get(word)
                 if index is not None:
-                    self.embed.weight[index] = torch.tensor([float(v) for v in values])
+                    self.embed.weight[index] = _vector(values, path, line_no)
                     found += 1
         return found
 
@@ -58,6 +58,23 @@ class GRUTextEncoder(nn.Module):
         half = out.shape[-1] // 2
         x = (out[..., :half] + out[..., half:]) / 2  # (B, L, D)
         return _finish(x, lengths, self.graph, self.normalize)
+
+
+def _vector(values: list[str], path: Path, line_no: int) -> torch.Tensor:
+    try:
+        return torch.tensor([float(v) for v in values])
+    except ValueError:
+        bad = next(v for v in values if not _is_number(v))
+        raise DataError(f"{path}:{line_no}: expected numbers after the word, found {bad!r}; "
+                        f"is this a GloVe text file?") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class BertTextEncoder(nn.Module):

@@ -11,6 +11,7 @@ VHACoding       ``max_r s_rl`` (best region for each token)                 toke
 THACoding       ``max_l s_rl`` (best token for each region)                 regions
 VSACoding       ``cos(v_r, sum_l a_rl t_l)``, ``a_r = softmax(s_r / alpha)``  regions
 MixedCoding     ``w * THA + (1 - w) * VSA``, ``w = sigmoid(mix_logit)``      regions
+AdaptiveMixed   seed: VSA-style value of a mixed hard/soft attention map       regions
 global          cosine of the mean region and mean token vectors            --
 ==============  ==========================================================  =============
 

@@ -21,6 +21,7 @@ import torch
 
 from ..masking import l2norm, length_mask, masked_mean
 from ..precision import float32_products
+from .adaptive import SEED_MIX_INIT, adaptive_mixed_coding
 from .poolings import Pooling
 
 CODINGS: dict[str, type[Coding]] = {}  # name -> class, in registration order
@@ -159,7 +160,8 @@ class VSACoding(Coding):
 
 @register_coding
 class MixedCoding(Coding):
-    """The seed's adaptive mix ``w * THA + (1 - w) * VSA``, ``w = sigmoid(mix_logit)`` learned."""
+    """Ours: a learned mix of the two region scores, ``w * THA + (1 - w) * VSA`` with
+    ``w = sigmoid(mix_logit)``. The seed mixes attention maps instead (AdaptiveMixedCoding)."""
 
     name = "MixedCoding"
     learnable = {"mix_logit": 0.0}
@@ -170,6 +172,21 @@ class MixedCoding(Coding):
         logit = torch.as_tensor(self.learned["mix_logit"], dtype=sims.dtype, device=sims.device)
         weight = torch.sigmoid(logit)
         return weight * hard + (1 - weight) * soft, region_mask[:, None]
+
+
+@register_coding
+class AdaptiveMixedCoding(Coding):
+    """The seed's ``AdaptiveMixedCoding``: per region, a mix of the hard (one-hot on the best
+    token) and soft (``softmax(s / alpha)``) attention maps with weight ``sigmoid(mix_param)`` on
+    the soft one, then the cosine with the attended text vector (see ``adaptive.py``)."""
+
+    name = "AdaptiveMixedCoding"
+    learnable = {"mix_param": SEED_MIX_INIT}
+
+    def code(self, sims, region_mask, token_mask, cap_emb):
+        values = adaptive_mixed_coding(sims, region_mask, token_mask, cap_emb,
+                                       self.learned["mix_param"], self.alpha)
+        return values, region_mask[:, None]  # (n_img, n_cap, R)
 
 
 @register_coding

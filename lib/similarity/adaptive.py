@@ -1,4 +1,5 @@
-"""The seed's mixed coding (``AdaptiveMixedCoding`` in CHAN-ASDG's ``lib/coding.py``).
+"""The seed's mixed coding (``AdaptiveMixedCoding`` in CHAN-ASDG's ``lib/coding.py``), the
+kernel of the coding of that name in ``codings.py``.
 
 For a region ``v`` with cosines ``s_l = <v, t_l>`` to the valid tokens ``t_l`` of a caption:
 
