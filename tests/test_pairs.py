@@ -264,3 +264,13 @@ def test_tokenized_captions_select_in_any_order():
     ids, starts, lengths = tokens.select(np.array([2, 0, 1]))
     assert ids.tolist() == [2, 3, 4, 5, 0, 1] and lengths.tolist() == [4, 2, 0]
     assert len(starts) == 6 and len(tokens) == 3
+
+
+def test_no_drop_keeps_captions_and_regions_as_they_are(tmp_path, vocab):
+    split, features = _split(tmp_path)
+    tok = VocabTokenizer(vocab)
+    batch = _pairs(split, tok, region_drop=0.0, augment_captions=False)[(4, np.arange(60))]
+    assert np.array_equal(batch.images.numpy(), features[np.arange(60) // 5])
+    for k, (row, n) in enumerate(zip(batch.captions.tolist(), batch.cap_lens.tolist(),
+                                     strict=True)):
+        assert row[:n] == tok.encode(split.captions[k])
