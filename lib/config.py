@@ -208,7 +208,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="region feature width (BUTD: 2048); default: read from train_ims.npy, "
                    "when given the features are checked against it")
     g.add_argument("--batch_size", type=int, default=128, help="training mini-batch size")
-    g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    g.add_argument("--workers", type=int, default=2,
+                   help="loader workers: threads building whole training batches of region "
+                   "features, processes for raw images and evaluation")
     g.add_argument("--drop", action=argparse.BooleanOptionalAction, default=True,
                    help="training augmentation, as CHAN's --drop: drop each region with "
                    "probability --obj_drop_rate (at least one is kept) and mask, replace or "

@@ -3,7 +3,8 @@
 ``build_dataset(kind, data_path, split)`` opens one split of a dataset; the loaders turn it into
 batches (``batch.py``). A split is described by ``captions`` (list of str), ``num_images``,
 ``num_captions``, ``image_of(caption_index)``, ``feature_dim`` and ``images()`` (a reader of one
-image's ``(R, img_dim)`` features by index, picklable into loader workers). A new kind of data
+image's ``(R, img_dim)`` features by index, picklable into loader workers; for training batches
+it also offers ``num_regions`` and ``gather``, see ``pairs.py``). A new kind of data
 is a function returning such a description, added to :data:`DATASET_KINDS`. Raw images
 (``images.py``, kind ``"images"``) have their own datasets, since decoding and augmentation
 need the pixels, and yield the same batch classes.
