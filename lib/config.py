@@ -211,7 +211,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="region feature width (BUTD: 2048); default: read from train_ims.npy, "
                    "when given the features are checked against it")
     g.add_argument("--batch_size", type=int, default=128, help="training mini-batch size")
-    g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    g.add_argument("--workers", type=int, default=2,
+                   help="loader workers: threads building whole training batches of region "
+                   "features, processes for raw images and evaluation")
     g.add_argument("--drop", action=argparse.BooleanOptionalAction, default=True,
                    help="training augmentation, as CHAN's --drop: drop each region with "
                    "probability --obj_drop_rate (at least one is kept) and mask, replace or "
@@ -351,4 +353,15 @@ def train_parser() -> argparse.ArgumentParser:
                    help="precision of the per-epoch validation (fp32: the best epoch is chosen "
                    "on exact scores)")
     g.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("speed")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model + loss of the training step (eager is the "
+                   "reference; docs/PERFORMANCE.md says when to use it)")
+    g.add_argument("--compile_mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
+    g.add_argument("--token_cache", default=None,
+                   help="folder (outside the data folder) where the tokenized training "
+                   "captions are kept between runs; default: in memory for this run only")
     return p

@@ -1,7 +1,15 @@
-"""One training epoch and one validation pass, each returning a dict of statistics."""
+"""One training epoch and one validation pass, each returning a dict of statistics.
+
+The training step queues its work without waiting for the device: the next batch is copied
+while the step runs (``DevicePrefetcher``), gradient clipping scales on the device, and the loss
+stays on the device until a log line (every ``--log_step`` steps) or the end of the epoch
+needs it. ``--compile`` runs ``batch_loss`` through ``torch.compile``; eager mode is the
+reference it is tested against.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -10,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .data.batch import Batch
+from .data.pairs import DevicePrefetcher
 from .evaluation import recall_metrics, score_split
 from .precision import autocast
 
@@ -46,38 +55,94 @@ def batch_loss(model, criterion, batch: Batch, max_violation: bool) -> torch.Ten
         return criterion(scores, batch.img_ids, max_violation=max_violation)
 
 
+def apply_update(optimizer, params: list, grad_clip: float) -> None:
+    """Clip the gradient norm to ``grad_clip`` (0: off) and step. The clip scales the gradients
+    on the device by ``min(1, grad_clip / norm)``, so the host never reads the norm."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, error_if_nonfinite=False)
+    optimizer.step()
+
+
+@functools.cache
+def compiled(fn, mode: str = "default"):
+    """``fn`` through ``torch.compile``, built once per process and mode: dynamo specialises it
+    per model and optimizer, loss switch, learning rate and (bucketed) batch shape."""
+    return torch.compile(fn, mode=None if mode == "default" else mode)
+
+
+def begin_epoch(loader, epoch: int) -> None:
+    """Tell the loader which epoch to draw (its order and augmentation depend on it): the
+    training batches take it themselves, a per-item dataset through ``loader.dataset``."""
+    (loader if hasattr(loader, "set_epoch") else loader.dataset).set_epoch(epoch)
+
+
+class TrainStep:
+    """One optimisation step on a batch already on the device. Returns the detached loss
+    without reading it, so the host queues the next step without waiting for this one.
+
+    ``compile_mode`` (``--compile_mode``), when given, compiles the model + loss
+    (:func:`batch_loss`) and the update (:func:`apply_update`: clip + AdamW step, then with the
+    optimizer's foreach form, which inductor fuses); eager mode is the reference.
+    """
+
+    def __init__(self, model, criterion, optimizer, grad_clip: float, precision: str, device,
+                 compile_mode: str | None = None):
+        self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.grad_clip, self.precision, self.device = grad_clip, precision, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.loss_fn, self.update = batch_loss, apply_update
+        if compile_mode is not None:
+            self.loss_fn, self.update = compiled(batch_loss, compile_mode), compiled(
+                apply_update, compile_mode)
+
+    def __call__(self, batch: Batch, max_violation: bool) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            loss = self.loss_fn(self.model, self.criterion, batch, max_violation)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.update(self.optimizer, self.params, self.grad_clip)
+        return loss.detach()
+
+
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, args,
                     writer=None, precision: str = "fp32") -> dict:
-    """Train over ``loader`` once; returns mean loss, steps, and throughput."""
+    """Train over ``loader`` once; returns mean loss, steps, and throughput.
+
+    The loss is summed on the device; the host reads it once per ``--log_step`` steps (the mean
+    over those steps) and once at the end.
+    """
     model.train()
     max_violation = hardest_negatives(args, epoch)
-    loader.dataset.set_epoch(epoch)
+    begin_epoch(loader, epoch)
+    step = TrainStep(model, criterion, optimizer, args.grad_clip, precision, device,
+                     args.compile_mode if args.compile else None)
     step0 = epoch * len(loader)
-    total_loss, steps, start = torch.zeros((), device=device), 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=args.no_progress, leave=False)
+    total_loss, window = torch.zeros((), device=device), torch.zeros((), device=device)
+    steps, start = 0, time.perf_counter()
+    bar = tqdm(DevicePrefetcher(loader, device), desc=f"epoch {epoch}", disable=args.no_progress,
+               leave=False)
     for i, batch in enumerate(bar):
-        batch = batch.to(device, non_blocking=True)
-        with autocast(precision, device):
-            loss = batch_loss(model, criterion, batch, max_violation)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        total_loss += loss.detach()
+        window += step(batch, max_violation)
         steps += 1
         if (i + 1) % args.log_step == 0:
-            value = loss.item()
-            bar.set_postfix(loss=f"{value:.3f}")
-            if writer is not None:
-                writer.add_scalar("train/loss", value, step0 + i + 1)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step0 + i + 1)
+            log_loss(bar, writer, optimizer, window, args.log_step, step0 + i + 1)
+            total_loss += window
+            window.zero_()
     elapsed = time.perf_counter() - start
-    mean_loss = (total_loss / max(1, steps)).item()
+    mean_loss = ((total_loss + window) / max(1, steps)).item()
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}")
     return {"loss": mean_loss, "steps": steps, "seconds": elapsed,
             "pairs_per_second": steps * args.batch_size / max(elapsed, 1e-9)}
+
+
+def log_loss(bar, writer, optimizer, window: torch.Tensor, steps: int, global_step: int) -> None:
+    """Show and record the mean loss of the last ``steps`` steps (one host sync)."""
+    value = (window / steps).item()
+    bar.set_postfix(loss=f"{value:.3f}")
+    if writer is not None:
+        writer.add_scalar("train/loss", value, global_step)
+        writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
 
 
 def evaluate(model, image_loader, caption_loader, device, precision: str = "fp32",

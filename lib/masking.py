@@ -22,3 +22,41 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x (N, K, D)`` over the positions where ``mask (N, K)`` is True: ``(N, D)``."""
     total = x.masked_fill(~mask.unsqueeze(-1), 0).sum(1)  # padding never enters, even inf/NaN
     return total / mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
+
+
+def masked_batch_norm(bn: torch.nn.BatchNorm1d, x: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """BatchNorm of ``x (..., C)`` over the positions where ``mask (...)`` is True.
+
+    Statistics and running-stat updates are those of the valid positions packed into rows, but
+    nothing is packed: boolean indexing would make the host wait for the device to count the
+    valid positions, and would give every batch another shape. Computed in float32 (as
+    BatchNorm's statistics are under autocast); padded positions come out zero, and their
+    values never enter, even inf/NaN.
+    """
+    padded = ~mask.unsqueeze(-1)  # (..., 1)
+    values = x.float().masked_fill(padded, 0)
+    if bn.training or not bn.track_running_stats:
+        dims = tuple(range(x.dim() - 1))
+        count = mask.sum().to(torch.float32)
+        mean = values.sum(dims) / count  # (C,)
+        var = (values - mean).masked_fill(padded, 0).square().sum(dims) / count  # (C,) biased
+        if bn.training and bn.track_running_stats:
+            _update_running_stats(bn, mean, var, count)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    out = (values - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        out = out * bn.weight + bn.bias
+    return out.masked_fill(padded, 0).to(x.dtype)
+
+
+@torch.no_grad()
+def _update_running_stats(bn: torch.nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor,
+                          count: torch.Tensor) -> None:
+    """BatchNorm's update: a moving average (cumulative when ``momentum`` is None) of the mean
+    and of the unbiased variance."""
+    bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+    bn.running_mean.lerp_(mean, momentum)
+    bn.running_var.lerp_(var * count / (count - 1).clamp_min(1), momentum)

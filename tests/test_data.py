@@ -16,11 +16,10 @@ from lib.data import (
     eval_loaders,
     open_split,
 )
+from lib.data.pairs import CaptionFormat, PairBatches
 from lib.data.precomp import (
     DEV_CAPTIONS,
     CaptionCollate,
-    PairCollate,
-    PairDataset,
     collate_images,
 )
 from lib.data.tokenizers import (
@@ -32,6 +31,7 @@ from lib.data.tokenizers import (
     WordPieceTokenizer,
     word_actions,
 )
+from lib.data.tokens import tokenize_captions
 from lib.data.vocab import build_vocab
 from lib.data.vocab import main as vocab_main
 
@@ -45,24 +45,31 @@ def vocab():
     return build_vocab(["a dog runs", "a cat sits", "a dog sits"] * 4)
 
 
-def test_five_captions_per_image_and_collate(tmp_path, vocab):
+def _pairs(split, tokenizer, **kwargs):
+    return PairBatches(split, tokenize_captions(split.captions, tokenizer),
+                       CaptionFormat.of(tokenizer), **kwargs)
+
+
+def test_five_captions_per_image_and_batches(tmp_path, vocab):
     caps = [f"a dog {i}" for i in range(15)]
     root = write_precomp(tmp_path, "test", _features(3), caps)
     split = open_split(root, "test", 6)
     assert (split.num_images, split.num_captions, split.im_div) == (3, 15, 5)
-    ds = PairDataset(split, VocabTokenizer(vocab))
-    regions, tokens, cap_id, img_id = ds[7]
-    assert img_id == 1 and cap_id == 7
-    torch.testing.assert_close(regions, torch.from_numpy(_features(3)[1]))
-    assert tokens.tolist() == [vocab("<start>"), vocab("a"), vocab("dog"), vocab("<unk>"),
-                               vocab("<end>")]
-    batch = PairCollate(vocab("<pad>"))([ds[0], ds[14]])
-    assert batch.images.shape == (2, 4, 6) and batch.img_lens.tolist() == [4, 4]
-    assert batch.img_ids.tolist() == [0, 2] and batch.cap_ids.tolist() == [0, 14]
+    tok = VocabTokenizer(vocab)
+    batch = _pairs(split, tok)[(0, np.array([0, 7, 14]))]
+    assert batch.img_ids.tolist() == [0, 1, 2] and batch.cap_ids.tolist() == [0, 7, 14]
+    torch.testing.assert_close(batch.images, torch.from_numpy(_features(3)))  # nothing dropped
+    assert batch.images.shape == (3, 4, 6) and batch.img_lens.tolist() == [4, 4, 4]
+    assert batch.captions.shape == (3, 8)  # 5 tokens, padded to a multiple of 8
+    for row, length in zip(batch.captions.tolist(), batch.cap_lens.tolist(), strict=True):
+        assert row[0] == vocab("<start>") and row[length - 1] == vocab("<end>")
+        assert set(row[length:]) == {vocab("<pad>")}
 
 
 def test_batches_move_all_their_tensors_together():
-    batch = PairCollate(pad_id=0)([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 4, 0)])
+    ids = torch.tensor([4])
+    batch = Batch(torch.ones(1, 2, 3), torch.tensor([2]), torch.tensor([[1, 5, 2]]),
+                  torch.tensor([3]), ids, ids)
     moved = batch.to(torch.device("cpu"), non_blocking=True)
     assert isinstance(moved, Batch) and moved is not batch
     for field in ("images", "img_lens", "captions", "cap_lens", "cap_ids", "img_ids"):
@@ -86,26 +93,15 @@ def test_dev_is_truncated_to_5000_captions(tmp_path):
     assert (split.num_captions, split.num_images) == (DEV_CAPTIONS, DEV_CAPTIONS // 5)
 
 
-def test_collate_pads_captions_and_regions(vocab):
-    collate = PairCollate(pad_id=0)
-    batch = collate([(torch.ones(2, 3), torch.tensor([1, 5, 2]), 0, 0),
-                     (torch.ones(4, 3), torch.tensor([1, 2]), 1, 1)])
-    assert batch.captions.tolist() == [[1, 5, 2], [1, 2, 0]]
-    assert batch.cap_lens.tolist() == [3, 2] and batch.img_lens.tolist() == [2, 4]
-    assert batch.images[0, 2:].abs().sum() == 0
-
-
 def test_train_augmentation_is_deterministic_and_drops_regions(tmp_path, vocab):
     root = write_precomp(tmp_path, "train", _features(40, regions=36), ["a dog runs"] * 200)
-    ds = PairDataset(open_split(root, "train", 6), VocabTokenizer(vocab), train=True,
-                     region_drop=0.2, seed=3)
-    kept = [len(ds[i][0]) for i in range(200)]
-    assert all(1 <= k <= 36 for k in kept)
-    assert 0.7 < np.mean(kept) / 36 < 0.9  # keep probability 0.8
-    again = [len(ds[i][0]) for i in range(200)]
-    assert kept == again  # a pure function of (seed, epoch, index)
-    ds.set_epoch(1)
-    assert [len(ds[i][0]) for i in range(200)] != kept
+    pairs = _pairs(open_split(root, "train", 6), VocabTokenizer(vocab), region_drop=0.2, seed=3)
+    everything = np.arange(200)
+    kept = pairs[(0, everything)].img_lens
+    assert 1 <= kept.min() and kept.max() <= 36
+    assert 0.7 < kept.float().mean() / 36 < 0.9  # keep probability 0.8
+    assert torch.equal(pairs[(0, everything)].img_lens, kept)  # a pure function of the key
+    assert not torch.equal(pairs[(1, everything)].img_lens, kept)  # another epoch
 
 
 def test_word_action_frequencies():

@@ -54,7 +54,7 @@ def test_warmup_sums_negatives_then_takes_the_hardest():
                   cap_ids=torch.arange(3), img_ids=torch.arange(3))
     loader = _Loader(batch)
     args = Namespace(max_violation=False, vse_mean_warmup_epochs=1, grad_clip=2.0, log_step=10,
-                     no_progress=True, batch_size=3)
+                     no_progress=True, batch_size=3, compile=False)
     model, criterion = _Model(), ContrastiveLoss(margin=0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the loss is reproducible
     scores = batch.images @ batch.captions.t()

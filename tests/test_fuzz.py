@@ -5,11 +5,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_precomp
 
 from lib.data import DataError, open_split
-from lib.data.precomp import PairDataset
+from lib.data.pairs import CaptionFormat, PairBatches
 from lib.data.tokenizers import VocabTokenizer
+from lib.data.tokens import tokenize_captions
 from lib.data.vocab import build_vocab
 
 N_IMG, REGIONS, DIM = 6, 4, 8
@@ -42,9 +44,12 @@ def _corrupt(rng, root):
 
 
 def _read_all(root, vocab):
+    """Every caption of the split in one augmented training batch."""
     split = open_split(root, "test", DIM)
-    dataset = PairDataset(split, VocabTokenizer(vocab), train=True, region_drop=0.2)
-    return split, [dataset[i] for i in range(len(dataset))]
+    tokenizer = VocabTokenizer(vocab)
+    pairs = PairBatches(split, tokenize_captions(split.captions, tokenizer),
+                        CaptionFormat.of(tokenizer), region_drop=0.2)
+    return split, pairs[(0, np.arange(split.num_captions))]
 
 
 @pytest.mark.parametrize("seed", range(CASES))
@@ -56,7 +61,7 @@ def test_corrupted_folder_gives_a_clear_error_or_exact_data(tmp_path, seed):
     what = _corrupt(rng, root)
     start = time.perf_counter()
     try:
-        split, items = _read_all(root, vocab)
+        split, batch = _read_all(root, vocab)
     except DataError as err:
         message = str(err)
         assert "\n" not in message and str(root / "precomp") in message, (what, message)
@@ -66,7 +71,7 @@ def test_corrupted_folder_gives_a_clear_error_or_exact_data(tmp_path, seed):
         lines = text.split("\n")
         assert split.captions == (lines[:-1] if lines[-1] == "" else lines), what
         assert np.isfinite(stored).all() and stored.shape[2] == DIM, what
-        for regions, tokens, cap_id, img_id in items:
-            assert img_id == cap_id // split.im_div and len(tokens) >= 2, what
-            assert regions.shape[1] == DIM and bool(np.isfinite(regions.numpy()).all()), what
+        assert torch.equal(batch.img_ids, batch.cap_ids // split.im_div), what
+        assert batch.cap_lens.min() >= 2 and batch.images.shape[2] == DIM, what
+        assert bool(torch.isfinite(batch.images).all()), what
     assert time.perf_counter() - start < TIME_LIMIT, what

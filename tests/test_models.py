@@ -259,3 +259,27 @@ def test_global_coding_pools_raw_features_then_normalises():
             assert not torch.allclose(elements.norm(dim=-1)[valid], torch.ones(int(valid.sum())))
             assert torch.equal(pooled_lens, torch.ones(4, dtype=torch.long))
             torch.testing.assert_close(pooled.norm(dim=-1), torch.ones(4, 1))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_masked_batch_norm_equals_batch_norm_of_the_packed_positions(momentum):
+    """Same outputs and running statistics as BatchNorm on the valid rows alone, with inf/NaN
+    at the padded positions ignored."""
+    from lib.masking import masked_batch_norm
+
+    x, mask, _ = _regions(dim=8)
+    x = x * 3 + 1
+    x[~mask] = float("nan")
+    packed, masked = (torch.nn.BatchNorm1d(8, momentum=momentum) for _ in range(2))
+    for bn in (packed, masked):
+        torch.nn.init.normal_(bn.weight)
+        torch.nn.init.normal_(bn.bias)
+    masked.load_state_dict(packed.state_dict())
+    for _ in range(2):  # training: batch statistics and two running-stat updates
+        out = masked_batch_norm(masked, x, mask)
+        torch.testing.assert_close(out[mask], packed(x[mask]), atol=1e-5, rtol=1e-5)
+        assert out[~mask].abs().sum() == 0
+    for name, value in packed.state_dict().items():
+        torch.testing.assert_close(masked.state_dict()[name], value, atol=1e-6, rtol=1e-5)
+    packed.eval(), masked.eval()
+    torch.testing.assert_close(masked_batch_norm(masked, x, mask)[mask], packed(x[mask]))

@@ -2,6 +2,7 @@
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,8 +117,9 @@ def test_drop_switches_caption_augmentation_too(tiny_toy):
                                  "bigru", "--workers", "0", *flags])
         split = open_split(args.data_path, "train")
         tokenizer = build_tokenizer(args, load_vocab(args.vocab_path, args.data_name))
-        dataset = train_loader(args, tokenizer, split).dataset
-        return [dataset[i][1].tolist() for i in range(200)]
+        batch = train_loader(args, tokenizer, split).dataset[(0, np.arange(200))]
+        return [row[:n] for row, n in zip(batch.captions.tolist(), batch.cap_lens.tolist(),
+                                          strict=True)]
 
     augmented, not_augmented = first_tokens("--drop"), first_tokens("--no-drop")
     assert augmented != not_augmented

@@ -3,7 +3,8 @@
 ``build_dataset(kind, data_path, split)`` opens one split of a dataset; the loaders turn it into
 batches (``batch.py``). A split is described by ``captions`` (list of str), ``num_images``,
 ``num_captions``, ``image_of(caption_index)``, ``feature_dim`` and ``images()`` (a reader of one
-image's ``(R, img_dim)`` features by index, picklable into loader workers). A new kind of data
+image's ``(R, img_dim)`` features by index, picklable into loader workers; for training batches
+it also offers ``num_regions`` and ``gather``, see ``pairs.py``). A new kind of data
 is a function returning such a description, added to :data:`DATASET_KINDS`. Raw images
 (``images.py``, kind ``"images"``) have their own datasets, since decoding and augmentation
 need the pixels, and yield the same batch classes.
@@ -27,19 +28,19 @@ from .images import (
     open_images,
 )
 from .naming import check_vocab_coverage, check_vocab_name, dataset_name
+from .pairs import CaptionFormat, EpochBatchSampler, PairBatches, TrainBatches
 from .precomp import (
     SPLITS,
     CaptionCollate,
     CaptionDataset,
     DataError,
     ImageDataset,
-    PairCollate,
-    PairDataset,
     PrecompSplit,
     collate_images,
     open_split,
 )
 from .tokenizers import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
+from .tokens import tokenize_captions
 from .vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -96,22 +97,37 @@ def report_long_captions(split: PrecompSplit | ImageSplit, tokenizer) -> int:
     return found.count
 
 
-def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit) -> DataLoader:
+def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit) -> TrainBatches | DataLoader:
+    """Training batches of ``split``. Region features: built a batch at a time (``pairs.py``)
+    from captions tokenized once (cached in ``--token_cache`` when given). Raw images: item by
+    item in loader processes, which decode and augment the pixels.
+
+    ``--drop`` switches caption augmentation and region drop together, as CHAN's flag does; raw
+    images are always cropped and flipped, their cells dropped by the grid encoder.
+    """
     report_long_captions(split, tokenizer)
-    # --drop switches caption augmentation and region drop together, as CHAN's flag does;
-    # raw images are always cropped and flipped (decoded in the workers), their cells dropped
-    # by the grid encoder
     if isinstance(split, ImageSplit):
         dataset = ImagePairDataset(split, tokenizer, train=True, image_size=args.image_size,
                                    seed=args.seed, augment_captions=args.drop)
-        collate = ImagePairCollate(tokenizer.pad_id)
-    else:
-        dataset = PairDataset(split, tokenizer, train=args.drop, region_drop=args.obj_drop_rate,
-                              seed=args.seed)
-        collate = PairCollate(tokenizer.pad_id)
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      num_workers=args.workers, collate_fn=collate,
-                      pin_memory=torch.cuda.is_available())
+        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                          num_workers=args.workers, collate_fn=ImagePairCollate(tokenizer.pad_id),
+                          pin_memory=torch.cuda.is_available())
+    cache = check_token_cache(args.token_cache, args.data_path)
+    tokens = tokenize_captions(split.captions, tokenizer, cache)
+    dataset = PairBatches(split, tokens, CaptionFormat.of(tokenizer),
+                          region_drop=args.obj_drop_rate if args.drop else 0.0,
+                          augment_captions=args.drop, seed=args.seed,
+                          pin=torch.cuda.is_available())
+    sampler = EpochBatchSampler(split.num_captions, args.batch_size, args.seed)
+    return TrainBatches(dataset, sampler, args.workers)
+
+
+def check_token_cache(cache: str | None, data_path: str) -> str | None:
+    """``--token_cache``, refused inside the data folder: nothing is written there."""
+    if cache and Path(cache).resolve().is_relative_to(Path(data_path).resolve()):
+        raise DataError(f"--token_cache {cache} is inside the data folder {data_path}; "
+                        f"name a folder outside it (the data is only read)")
+    return cache
 
 
 def eval_loaders(data_path: str, split_name: str, img_dim: int | None, tokenizer,

@@ -1,8 +1,10 @@
 """The batch contract: what the data loaders yield and the training and evaluation loops read.
 
 Three frozen dataclasses of tensors, each with ``.to(device)`` (and ``.pin_memory()``, so a
-``DataLoader(pin_memory=True)`` pins them). Variable-length items are padded to the longest in
-the batch; the ``*_lens`` tensors say how much of each row is real.
+``DataLoader(pin_memory=True)`` pins them). Variable-length items are padded, to the longest in
+the batch or, for training batches of region features, to a fixed width (regions to the split's
+``R``, captions to a multiple of 8: few shapes for a compiled step); the ``*_lens`` tensors say
+how much of each row is real.
 
 * :class:`Batch` (training pairs, one per caption): ``images (B, R, img_dim)`` float32, zero
   padded (region dropout shortens items); ``img_lens (B,)``; ``captions (B, L)`` token ids padded

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .batch import Batch, CaptionBatch, ImageBatch
+from .batch import CaptionBatch, ImageBatch
 from .errors import DataError
 from .vocab import read_lines
 
@@ -143,10 +143,35 @@ class _Features:
         self.path = path
         self._array = None
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def _open(self) -> np.ndarray:
         if self._array is None:
             self._array = np.load(self.path, mmap_mode="r")
-        return torch.from_numpy(np.array(self._array[index], dtype=np.float32))
+        return self._array
+
+    @property
+    def num_regions(self) -> int:
+        return self._open().shape[1]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._open()[index], dtype=np.float32))
+
+    def gather(self, images: np.ndarray, order: np.ndarray, kept: np.ndarray,
+               out: torch.Tensor) -> None:
+        """Write region ``order[b, j]`` of image ``images[b]`` to ``out[b, j]`` for ``j <
+        kept[b]`` and zeros after: one gather of rows from the memory map, in file order when
+        ``images`` is sorted. ``images (B,)``, ``order (B, R)``, ``kept (B,)``, ``out (B, R,
+        img_dim)`` float32."""
+        array = self._open()
+        n_reg, dim = array.shape[1:]
+        table = array.reshape(-1, dim)  # (N_img * R, img_dim) view of the map
+        rows = (images[:, None] * n_reg + order).reshape(-1)  # (B * R,)
+        flat = out.view(-1, dim)
+        if table.dtype == np.float32:
+            np.take(table, rows, axis=0, out=flat.numpy(), mode="clip")  # unbuffered
+        else:
+            flat.copy_(torch.from_numpy(table[rows].astype(np.float32)))
+        padding = np.flatnonzero(np.arange(n_reg)[None, :] >= kept[:, None])  # (B * R - kept,)
+        flat.index_fill_(0, torch.from_numpy(padding), 0.0)
 
     def __getstate__(self):
         return {"path": self.path, "_array": None}
@@ -155,38 +180,6 @@ class _Features:
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """Augmentation RNG as a pure function of (seed, epoch, item): same draws for any workers."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
-
-
-class PairDataset(Dataset):
-    """(image regions, caption tokens) pairs, one per caption; augments when ``train``."""
-
-    def __init__(self, split: PrecompSplit, tokenizer, train: bool = False,
-                 region_drop: float = 0.0, seed: int = 0):
-        self.split = split
-        self.tokenizer = tokenizer
-        self.train = train
-        self.region_drop = region_drop
-        self.seed = seed
-        self.epoch = 0
-        self.features = split.images()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.split.num_captions
-
-    def __getitem__(self, index: int):
-        img_index = self.split.image_of(index)
-        regions = self.features[img_index]  # (R, img_dim)
-        gen = item_generator(self.seed, self.epoch, index) if self.train else None
-        tokens = self.tokenizer.encode(self.split.captions[index], gen)
-        if gen is not None and self.region_drop > 0:
-            keep = torch.rand(regions.shape[0], generator=gen) >= self.region_drop
-            if not keep.any():
-                keep[torch.randint(regions.shape[0], (1,), generator=gen)] = True
-            regions = regions[keep]
-        return regions, torch.tensor(tokens, dtype=torch.long), index, img_index
 
 
 class ImageDataset(Dataset):
@@ -222,18 +215,6 @@ def pad_sequences(seqs: list[torch.Tensor], pad_value=0) -> tuple[torch.Tensor, 
     for i, s in enumerate(seqs):
         padded[i, : len(s)] = s
     return padded, lengths
-
-
-class PairCollate:
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, batch):
-        regions, tokens, cap_ids, img_ids = zip(*batch, strict=True)
-        images, img_lens = pad_sequences(list(regions))
-        captions, cap_lens = pad_sequences(list(tokens), self.pad_id)
-        return Batch(images, img_lens, captions, cap_lens, torch.tensor(cap_ids),
-                     torch.tensor(img_ids))
 
 
 def collate_images(batch):

@@ -5,13 +5,21 @@ Both tokenizers expose ``encode(caption, generator=None) -> list[int]``, ``count
 and then masked (50%), replaced by random tokens (10%) or deleted (40%); WordPiece models treat a
 word's sub-tokens together. Every caption is cut to ``max_length`` tokens, the two wrapping tokens
 included, so one overlong line cannot blow up a batch.
+
+For training on region features, captions are tokenized once per run instead
+(``tokenize_all``, cached by ``identity``; see ``tokens.py``) and augmented a batch at a time
+(``augment.py``), with the same probabilities. ``start_id``/``end_id`` wrap a caption,
+``mask_id`` masks a word and random tokens are drawn from ``range(vocab_size)``.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..pretrained import HINT, resolve_pretrained
@@ -19,10 +27,14 @@ from .errors import DataError
 from .vocab import MASK_TOKEN, Vocabulary, tokenize_words
 
 KEEP, MASK, RANDOM, DELETE = 0, 1, 2, 3
+# a word is selected with P_SELECT; a selected word is masked (P_MASK), replaced by random tokens
+# (P_RANDOM) or deleted (the rest)
+P_SELECT, P_MASK, P_RANDOM = 0.2, 0.5, 0.1
+TOKENIZE_WORDS_VERSION = "nltk-treebank-punkt-1"  # part of VocabTokenizer.identity
 
 
-def word_actions(num_words: int, generator: torch.Generator, p_select: float = 0.2,
-                 p_mask: float = 0.5, p_random: float = 0.1) -> list[int]:
+def word_actions(num_words: int, generator: torch.Generator, p_select: float = P_SELECT,
+                 p_mask: float = P_MASK, p_random: float = P_RANDOM) -> list[int]:
     """Draw one augmentation action per word (KEEP, MASK, RANDOM or DELETE)."""
     draws = torch.rand(num_words, generator=generator).tolist()
     actions = []
@@ -56,7 +68,23 @@ class VocabTokenizer:
         self.vocab = vocab
         self.pad_id = vocab("<pad>")
         self.mask_id = vocab(MASK_TOKEN)
+        self.start_id, self.end_id = vocab("<start>"), vocab("<end>")
+        self.vocab_size = len(vocab)
         self.max_length = max_length
+
+    @property
+    def identity(self) -> str:
+        """What decides the ids: the word list and the word splitter (a token cache key)."""
+        words = hashlib.sha256("\n".join(self.vocab.idx2word).encode()).hexdigest()
+        return f"vocab:{TOKENIZE_WORDS_VERSION}:{words}"
+
+    def tokenize_all(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids of every caption, concatenated ``(T,)``, with ``(T,)`` word starts (every token
+        is a word) and ``(N,)`` lengths; not wrapped and not cut."""
+        ids = [[self.vocab(w) for w in tokenize_words(c)] for c in captions]
+        flat = np.fromiter((i for caption in ids for i in caption), np.int32)
+        lengths = np.fromiter((len(caption) for caption in ids), np.int64, len(ids))
+        return flat, np.ones(len(flat), bool), lengths
 
     def encode(self, caption: str, generator: torch.Generator | None = None) -> list[int]:
         ids = [self.vocab(w) for w in tokenize_words(caption)]
@@ -87,10 +115,36 @@ class WordPieceTokenizer:
             raise ValueError(f"{name_or_path}: a fast tokenizer (tokenizer.json) is required")
         self.pad_id = self.tokenizer.pad_token_id
         self.mask_id = self.tokenizer.mask_token_id
-        self.cls_id = self.tokenizer.cls_token_id
-        self.sep_id = self.tokenizer.sep_token_id
+        self.cls_id = self.start_id = self.tokenizer.cls_token_id
+        self.sep_id = self.end_id = self.tokenizer.sep_token_id
         self.vocab_size = len(self.tokenizer)
         self.max_length = max_length
+
+    @property
+    def identity(self) -> str:
+        """What decides the ids: the whole tokenizer definition (a token cache key)."""
+        spec = self.tokenizer.backend_tokenizer.to_str()
+        return f"wordpiece:{hashlib.sha256(spec.encode()).hexdigest()}"
+
+    def tokenize_all(self, captions: Sequence[str], chunk: int = 4096
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids of every caption, concatenated ``(T,)``, with ``(T,)`` flags marking the first
+        sub-token of each word and ``(N,)`` lengths; not wrapped and not cut. The fast tokenizer
+        encodes a chunk of captions per call."""
+        ids, words = [], []
+        for first in range(0, len(captions), chunk):
+            encodings = self.tokenizer(list(captions[first:first + chunk]),
+                                       add_special_tokens=False).encodings
+            ids.extend(e.ids for e in encodings)
+            words.extend(e.word_ids for e in encodings)
+        lengths = np.fromiter((len(i) for i in ids), np.int64, len(ids))
+        flat = np.fromiter((i for caption in ids for i in caption), np.int32)
+        word = np.fromiter((w for caption in words for w in caption), np.int64, len(flat))
+        starts = np.ones(len(flat), bool)
+        starts[1:] = word[1:] != word[:-1]
+        first_tokens = (np.cumsum(lengths) - lengths)[lengths > 0]
+        starts[first_tokens] = True  # a caption's first token starts a word
+        return flat, starts, lengths
 
     def encode(self, caption: str, generator: torch.Generator | None = None) -> list[int]:
         enc = self.tokenizer(caption, add_special_tokens=False)

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..masking import masked_batch_norm
+
 
 class _PositionNorm(nn.Module):
     """LayerNorm + ReLU over channels of a channels-first tensor (position-wise, batch-free)."""
@@ -102,8 +104,10 @@ def bin_matrices(lengths: torch.Tensor, size: int, bins: int) -> tuple[torch.Ten
     lo = src.floor()
     frac = src - lo
     hi = (lo + 1).clamp(max=bins - 1)
-    up = (F.one_hot(lo.long(), bins) * (1 - frac)[..., None]
-          + F.one_hot(hi.long(), bins) * frac[..., None])  # (B, size, bins)
+    slots = torch.arange(bins, device=device, dtype=torch.float32)
+    # one-hot rows by comparison: F.one_hot checks its input's range on the host
+    up = ((lo[..., None] == slots) * (1 - frac)[..., None]
+          + (hi[..., None] == slots) * frac[..., None])  # (B, size, bins)
     up = up * (pos[None] < lengths[:, None]).float()[..., None]
     return pool, up
 
@@ -188,13 +192,11 @@ class APPM(nn.Module):
 def packed_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """BatchNorm of ``x (B, C, *S)`` over its valid positions ``mask (B, *S)`` only.
 
-    The valid positions are packed into rows ``(n_valid, C)``, so the batch statistics and the
-    running-stat updates are those of a batch without padding. Padded positions come out zero.
+    The batch statistics and the running-stat updates are those of the valid positions packed
+    into rows ``(n_valid, C)``, i.e. of a batch without padding (:func:`masked_batch_norm`).
+    Padded positions come out zero.
     """
-    normed = bn(x.movedim(1, -1)[mask])  # (n_valid, C)
-    out = normed.new_zeros(*mask.shape, normed.shape[-1])  # (B, *S, C)
-    out[mask] = normed
-    return out.movedim(-1, 1)
+    return masked_batch_norm(bn, x.movedim(1, -1), mask).movedim(-1, 1)
 
 
 class ConvBNReLU(nn.Module):

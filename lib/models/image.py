@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..masking import l2norm, length_mask
+from ..masking import l2norm, length_mask, masked_batch_norm
 from .context import ATTENTION_HEADS, SASE_VARIANTS, SelfAttentionBlock
 
 # basic: one FC layer (CHAN); basic_mlp: FC + residual MLP (VSE∞'s "basic")
@@ -18,7 +18,8 @@ IMAGE_ENCODERS = ("basic", "basic_mlp", "selfattention", "sase")
 
 
 class PackedMLP(nn.Module):
-    """Linear-BN-ReLU-Linear applied to valid positions only (VSE∞'s residual MLP, masked)."""
+    """Linear-BN-ReLU-Linear of VSE∞'s residual MLP, as if applied to the valid positions only:
+    BatchNorm's statistics come from them (:func:`masked_batch_norm`), padded outputs are zero."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
@@ -26,10 +27,9 @@ class PackedMLP(nn.Module):
                                  nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        valid = self.net(x[mask])  # (N_valid, out_dim)
-        out = valid.new_zeros(*mask.shape, valid.shape[-1])
-        out[mask] = valid
-        return out
+        linear, bn, relu, out = self.net
+        h = relu(masked_batch_norm(bn, linear(x), mask))  # (B, R, hidden)
+        return out(h).masked_fill(~mask.unsqueeze(-1), 0)  # (B, R, out_dim)
 
 
 class PrecompImageEncoder(nn.Module):

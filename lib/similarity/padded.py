@@ -51,12 +51,20 @@ def padded_scores(coding: Coding, pooling: Pooling, img_emb: torch.Tensor,
                   img_lens: torch.Tensor, cap_emb: torch.Tensor, cap_lens: torch.Tensor,
                   max_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """:func:`pairwise_sims` for a configured coding and pooling: ``(N_img, N_cap)`` scores,
-    computed on chunks of captions each trimmed to its longest caption."""
+    computed on chunks of captions each trimmed to its longest caption.
+
+    When one chunk holds every caption (a training batch) nothing is trimmed: trimming needs the
+    longest length on the host (a device sync) and gives each batch its own shape, while the
+    masks already keep padding out of every score.
+    """
     img_lens, cap_lens = img_lens.to(img_emb.device), cap_lens.to(cap_emb.device)
     n_img, n_reg = img_emb.shape[:2]
     region_mask = length_mask(img_lens, n_reg)  # (N_img, R)
     per_caption = max(1, n_img * n_reg * cap_emb.shape[1])
     step = max(1, max_elements // per_caption)
+    if step >= cap_emb.shape[0]:
+        token_mask = length_mask(cap_lens, cap_emb.shape[1])  # (N_cap, L)
+        return coding.padded_scores(img_emb, region_mask, cap_emb, token_mask, pooling)
     blocks = []
     for start in range(0, cap_emb.shape[0], step):
         lens = cap_lens[start:start + step]
