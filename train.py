@@ -25,6 +25,7 @@ from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.environment import describe_environment
 from lib.errors import DataError, UserError, user_message
 from lib.evaluation import format_metrics
+from lib.interrupt import Interrupted, StopRequest
 from lib.losses import build_criterion
 from lib.models import BACKBONE_GROUP, GRID_ENCODER, PRETRAINED_GROUP, build_model
 from lib.monitor import collapse_after_switch
@@ -112,7 +113,8 @@ def run(args) -> dict:
     criterion = build_criterion(args)
     model.to(device)
     optimizer = build_optimizer(model, args)
-    start_epoch, best = starting_point(args, cfg, model, optimizer, vocab)
+    start = starting_point(args, cfg, model, optimizer, vocab)
+    best = start.best
     train_data = train_loader(args, tokenizer, train_split)
     if len(train_data) == 0:
         raise DataError(f"{args.data_path}: {len(train_data.dataset)} training captions make no "
@@ -126,30 +128,33 @@ def run(args) -> dict:
     tensorboard = args.logger_name or str(Path(args.model_name) / "log")
     writer = SummaryWriter(tensorboard)
     history = {}  # epoch -> dev rsum of this invocation, to notice a collapse
-    for epoch in range(start_epoch, args.num_epochs):
-        set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
-        follow_backbone_warmup(model, epoch, args)
-        stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
-                                writer, precision)
-        metrics = evaluate(model, val_images, val_captions, device, val_precision,
-                           progress=not args.no_progress)
-        log.info("epoch %d: loss %.4f, %.0f pairs/s, dev rsum %.2f (r1 %.1f, r1i %.1f)",
-                 epoch, stats["loss"], stats["pairs_per_second"], metrics["rsum"],
-                 metrics["r1"], metrics["r1i"])
-        for key, value in metrics.items():
-            writer.add_scalar(f"val/{key}", value, epoch)
-        history[epoch] = metrics["rsum"]
-        collapse = collapse_after_switch(history, args.vse_mean_warmup_epochs)
-        if collapse and not args.max_violation:
-            log.warning("%s", collapse)
-        is_best = metrics["rsum"] > best.get("rsum", -1.0)
-        if is_best:
-            best = {"epoch": epoch, **metrics}
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "best": best, "config": vars(args),
-                         "model_config": cfg.to_dict(),
-                         "vocab": vocab.idx2word if vocab else None, "rng": rng_state()},
-                        args.model_name, is_best)
+    with StopRequest() as stop:
+        for epoch in range(start.epoch, args.num_epochs):
+            set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
+            follow_backbone_warmup(model, epoch, args)
+            stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
+                                    writer, precision,
+                                    start=start.step if epoch == start.epoch else 0, stop=stop)
+            if stats["done"] < len(train_data):
+                writer.close()
+                stop_interrupted(args, cfg, vocab, model, optimizer, epoch, stats["done"], best,
+                                 stop)
+            metrics = evaluate(model, val_images, val_captions, device, val_precision,
+                               progress=not args.no_progress)
+            log.info("epoch %d: loss %.4f, %.0f pairs/s, dev rsum %.2f (r1 %.1f, r1i %.1f)",
+                     epoch, stats["loss"], stats["pairs_per_second"], metrics["rsum"],
+                     metrics["r1"], metrics["r1i"])
+            for key, value in metrics.items():
+                writer.add_scalar(f"val/{key}", value, epoch)
+            history[epoch] = metrics["rsum"]
+            collapse = collapse_after_switch(history, args.vse_mean_warmup_epochs)
+            if collapse and not args.max_violation:
+                log.warning("%s", collapse)
+            is_best = metrics["rsum"] > best.get("rsum", -1.0)
+            if is_best:
+                best = {"epoch": epoch, **metrics}
+            save_checkpoint(checkpoint_state(args, cfg, vocab, model, optimizer, epoch + 1, best),
+                            args.model_name, is_best)
     writer.close()
     if best:
         log.info("best dev epoch %d:\n%s", best["epoch"], format_metrics(best))
@@ -158,6 +163,27 @@ def run(args) -> dict:
              folder / "model_best.pth", folder / "checkpoint.pth", folder / "train.log",
              folder / "environment.json", tensorboard)
     return best
+
+
+def checkpoint_state(args, cfg, vocab, model, optimizer, epoch: int, best: dict,
+                     step: int = 0) -> dict:
+    """Everything ``--resume`` and ``eval.py`` need: weights, optimizer, where training stands
+    (``epoch`` epochs done, plus ``step`` batches of the next one), flags, model config,
+    vocabulary and RNG state."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "step": step, "best": best, "config": vars(args), "model_config": cfg.to_dict(),
+            "vocab": vocab.idx2word if vocab else None, "rng": rng_state()}
+
+
+def stop_interrupted(args, cfg, vocab, model, optimizer, epoch: int, step: int, best: dict,
+                     stop: StopRequest) -> None:
+    """After SIGINT/SIGTERM: save the run mid-epoch and exit with 128 + the signal number."""
+    save_checkpoint(checkpoint_state(args, cfg, vocab, model, optimizer, epoch, best, step),
+                    args.model_name, is_best=False)
+    latest = Path(args.model_name) / "checkpoint.pth"
+    log.warning("stopped by signal %d at epoch %d after batch %d; %s holds that point: continue "
+                "with --resume %s", stop.signum, epoch, step, latest, latest)
+    raise Interrupted(stop.exit_code)
 
 
 def follow_backbone_warmup(model, epoch: int, args) -> None:

@@ -70,10 +70,18 @@ def compiled(fn, mode: str = "default"):
     return torch.compile(fn, mode=None if mode == "default" else mode)
 
 
-def begin_epoch(loader, epoch: int) -> None:
-    """Tell the loader which epoch to draw (its order and augmentation depend on it): the
-    training batches take it themselves, a per-item dataset through ``loader.dataset``."""
-    (loader if hasattr(loader, "set_epoch") else loader.dataset).set_epoch(epoch)
+def begin_epoch(loader, epoch: int, start: int = 0) -> int:
+    """Tell the loader which epoch to draw (its order and augmentation depend on it) and from
+    which batch: the training batches take both, a per-item dataset (raw images) only the
+    epoch, and then starts the epoch over. Returns the batch the epoch starts at."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch, start)
+        return start
+    loader.dataset.set_epoch(epoch)
+    if start:
+        log.warning("this loader cannot start mid-epoch: epoch %d starts again from its first "
+                    "batch", epoch)
+    return 0
 
 
 class TrainStep:
@@ -105,20 +113,22 @@ class TrainStep:
 
 
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, args,
-                    writer=None, precision: str = "fp32") -> dict:
-    """Train over ``loader`` once; returns mean loss, steps, and throughput.
+                    writer=None, precision: str = "fp32", start: int = 0, stop=None) -> dict:
+    """Train over ``loader`` once, from batch ``start`` on; returns mean loss, steps,
+    throughput, and ``done``: the number of batches of the epoch behind the model now.
 
     The loss is summed on the device; the host reads it once per ``--log_step`` steps (the mean
-    over those steps) and once at the end.
+    over those steps) and once at the end. When ``stop`` (a :class:`lib.interrupt.StopRequest`)
+    is requested, the epoch ends after the step in progress, with ``done < len(loader)``.
     """
     model.train()
     max_violation = hardest_negatives(args, epoch)
-    begin_epoch(loader, epoch)
+    start = begin_epoch(loader, epoch, start)
     step = TrainStep(model, criterion, optimizer, args.grad_clip, precision, device,
                      args.compile_mode if args.compile else None)
-    step0 = epoch * len(loader)
+    step0 = epoch * len(loader) + start
     total_loss, window = torch.zeros((), device=device), torch.zeros((), device=device)
-    steps, start = 0, time.perf_counter()
+    steps, begin = 0, time.perf_counter()
     bar = tqdm(DevicePrefetcher(loader, device), desc=f"epoch {epoch}", disable=args.no_progress,
                leave=False)
     for i, batch in enumerate(bar):
@@ -128,11 +138,13 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, arg
             log_loss(bar, writer, optimizer, window, args.log_step, step0 + i + 1)
             total_loss += window
             window.zero_()
-    elapsed = time.perf_counter() - start
+        if stop is not None and stop.requested:
+            break
+    elapsed = time.perf_counter() - begin
     mean_loss = ((total_loss + window) / max(1, steps)).item()
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}")
-    return {"loss": mean_loss, "steps": steps, "seconds": elapsed,
+    return {"loss": mean_loss, "steps": steps, "seconds": elapsed, "done": start + steps,
             "pairs_per_second": steps * args.batch_size / max(elapsed, 1e-9)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from .checkpoint import BEST, LATEST, carry_best, load_checkpoint, load_weights, set_rng_state
 from .config import saved_model_config
@@ -45,15 +46,24 @@ def discard_previous_run(folder: Path) -> None:
             log.info("--overwrite: removed the earlier run's %s", folder / name)
 
 
-def starting_point(args, cfg, model, optimizer, vocab) -> tuple[int, dict]:
+class Start(NamedTuple):
+    """Where a run starts: epoch, best dev metrics so far, and the batch of that epoch to start
+    at (non-zero for a run interrupted mid-epoch by SIGINT/SIGTERM)."""
+
+    epoch: int
+    best: dict
+    step: int = 0
+
+
+def starting_point(args, cfg, model, optimizer, vocab) -> Start:
     """The epoch to start at and the best dev metrics so far: a new run, or a resumed one."""
     ckpt = load_checkpoint(args.resume) if args.resume else None  # before --overwrite removes it
     if args.overwrite and not continues_run(args):
         discard_previous_run(Path(args.model_name))
-    return resume(args, cfg, ckpt, model, optimizer, vocab) if ckpt else (0, {})
+    return resume(args, cfg, ckpt, model, optimizer, vocab) if ckpt else Start(0, {})
 
 
-def resume(args, cfg, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
+def resume(args, cfg, ckpt, model, optimizer, vocab) -> Start:
     """Load checkpoint ``ckpt`` (read from ``args.resume``) into ``model``, built from ``cfg``;
     returns the epoch to start at and the best dev metrics so far.
 
@@ -64,7 +74,7 @@ def resume(args, cfg, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
     load_weights(model, ckpt["model"], args.resume)
     if args.reset_start_epoch:
         log.info("loaded weights from %s; starting at epoch 0", args.resume)
-        return 0, {}
+        return Start(0, {})
     missing = {"optimizer", "rng", "epoch", "best"} - set(ckpt)
     if missing:
         raise CheckpointError(f"{args.resume}: cannot resume training, the checkpoint lacks "
@@ -78,9 +88,10 @@ def resume(args, cfg, ckpt, model, optimizer, vocab) -> tuple[int, dict]:
     set_rng_state(ckpt["rng"])
     if carry_best(Path(args.resume).parent, args.model_name):
         log.info("copied %s into %s", Path(args.resume).parent / BEST, args.model_name)
-    log.info("resumed %s at epoch %d (best dev rsum %.2f)", args.resume, ckpt["epoch"],
-             ckpt["best"].get("rsum", float("nan")))
-    return ckpt["epoch"], ckpt["best"]
+    step = ckpt.get("step", 0)
+    log.info("resumed %s at epoch %d%s (best dev rsum %.2f)", args.resume, ckpt["epoch"],
+             f", batch {step}" if step else "", ckpt["best"].get("rsum", float("nan")))
+    return Start(ckpt["epoch"], ckpt["best"], step)
 
 
 def check_same_model(cfg, vocab, ckpt: dict, path: str) -> None:

@@ -23,3 +23,48 @@ def test_a_second_ctrl_c_stops_at_once():
         assert stop.exit_code == 130
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def _args(tiny_toy, run, *extra):
+    return ["--data_path", str(tiny_toy / "toy"), "--text_enc_type", "bigru", "--embed_size",
+            "64", "--word_dim", "32", "--batch_size", "32", "--workers", "0", "--num_epochs",
+            "2", "--model_name", str(run), "--no_progress", *extra]
+
+
+def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tiny_toy, tmp_path,
+                                                                 monkeypatch):
+    """Ctrl-C during epoch 1: the step finishes, checkpoint.pth records epoch 1 batch 10, the
+    exit code is 130, and --resume ends with the weights of an uninterrupted run."""
+    import torch
+
+    import lib.engine as engine
+    import train as train_cli
+    from lib.checkpoint import LATEST, load_checkpoint
+
+    straight = tmp_path / "straight"
+    train_cli.main(_args(tiny_toy, straight))
+    steps_per_epoch = 1000 // 32
+    calls = []
+
+    class InterruptedStep(engine.TrainStep):
+        def __call__(self, *args, **kwargs):
+            loss = super().__call__(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == steps_per_epoch + 10:
+                os.kill(os.getpid(), signal.SIGINT)
+            return loss
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(engine, "TrainStep", InterruptedStep)
+    with pytest.raises(SystemExit) as stopped:
+        train_cli.main(_args(tiny_toy, run))
+    assert stopped.value.code == 130
+    saved = load_checkpoint(run / LATEST)
+    assert (saved["epoch"], saved["step"]) == (1, 10)
+    assert "continue with --resume" in (run / "train.log").read_text()
+    monkeypatch.setattr(engine, "TrainStep", InterruptedStep.__mro__[1])
+    train_cli.main(_args(tiny_toy, run, "--resume", str(run / LATEST)))
+    a, b = load_checkpoint(straight / LATEST), load_checkpoint(run / LATEST)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    assert a["best"] == b["best"]

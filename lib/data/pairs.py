@@ -68,17 +68,19 @@ class EpochBatchSampler:
 
     def __init__(self, num_captions: int, batch_size: int, seed: int):
         self.num_captions, self.batch_size, self.seed = num_captions, batch_size, seed
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Draw epoch ``epoch`` from its batch ``start`` on (a run resumed mid-epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return self.num_captions // self.batch_size
 
     def __iter__(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_captions)
-        for first in range(0, len(self) * self.batch_size, self.batch_size):
+        for first in range(self.start * self.batch_size, len(self) * self.batch_size,
+                           self.batch_size):
             yield self.epoch, np.sort(order[first:first + self.batch_size])
 
 
@@ -151,8 +153,8 @@ class TrainBatches:
     def __init__(self, dataset: PairBatches, sampler: EpochBatchSampler, workers: int):
         self.dataset, self.sampler, self.workers = dataset, sampler, workers
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         return len(self.sampler)
