@@ -23,7 +23,7 @@ from lib.data import (
 from lib.data.toy import EMBEDDED_ROOT, ensure_toy, is_embedded
 from lib.engine import evaluate, set_learning_rate, train_one_epoch
 from lib.environment import describe_environment
-from lib.errors import DataError, UserError, user_message
+from lib.errors import DataError, NonFiniteLoss, UserError, user_message
 from lib.evaluation import format_metrics
 from lib.interrupt import Interrupted, StopRequest
 from lib.losses import build_criterion
@@ -132,9 +132,13 @@ def run(args) -> dict:
         for epoch in range(start.epoch, args.num_epochs):
             set_learning_rate(optimizer, args.learning_rate, epoch, args.lr_update)
             follow_backbone_warmup(model, epoch, args)
-            stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch, args,
-                                    writer, precision,
-                                    start=start.step if epoch == start.epoch else 0, stop=stop)
+            try:
+                stats = train_one_epoch(model, criterion, train_data, optimizer, device, epoch,
+                                        args, writer, precision,
+                                        start=start.step if epoch == start.epoch else 0,
+                                        stop=stop)
+            except NonFiniteLoss as err:
+                raise NonFiniteLoss(f"{err}; {last_good_checkpoint(args)}") from None
             if stats["done"] < len(train_data):
                 writer.close()
                 stop_interrupted(args, cfg, vocab, model, optimizer, epoch, stats["done"], best,
@@ -163,6 +167,13 @@ def run(args) -> dict:
              folder / "model_best.pth", folder / "checkpoint.pth", folder / "train.log",
              folder / "environment.json", tensorboard)
     return best
+
+
+def last_good_checkpoint(args) -> str:
+    latest = Path(args.model_name) / "checkpoint.pth"
+    if not latest.is_file():
+        return "no checkpoint was written before it"
+    return f"the last good checkpoint is {latest} (resume it with --resume)"
 
 
 def checkpoint_state(args, cfg, vocab, model, optimizer, epoch: int, best: dict,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 
 import torch
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 from .data.batch import Batch
 from .data.pairs import DevicePrefetcher
+from .errors import NonFiniteLoss
 from .evaluation import recall_metrics, score_split
 from .precision import autocast
 
@@ -131,21 +131,41 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch: int, arg
     steps, begin = 0, time.perf_counter()
     bar = tqdm(DevicePrefetcher(loader, device), desc=f"epoch {epoch}", disable=args.no_progress,
                leave=False)
+    recent = []  # (batch of the epoch, loss, caption ids) since the last finiteness check
     for i, batch in enumerate(bar):
-        window += step(batch, max_violation)
+        loss = step(batch, max_violation)
+        window += loss
+        recent.append((start + i, loss, batch.cap_ids))
         steps += 1
         if (i + 1) % args.log_step == 0:
             log_loss(bar, writer, optimizer, window, args.log_step, step0 + i + 1)
+            check_finite(recent, epoch)  # the host has just waited for these steps anyway
             total_loss += window
             window.zero_()
         if stop is not None and stop.requested:
             break
+    check_finite(recent, epoch)
     elapsed = time.perf_counter() - begin
     mean_loss = ((total_loss + window) / max(1, steps)).item()
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"epoch {epoch}: training loss is {mean_loss}")
     return {"loss": mean_loss, "steps": steps, "seconds": elapsed, "done": start + steps,
             "pairs_per_second": steps * args.batch_size / max(elapsed, 1e-9)}
+
+
+def check_finite(recent: list, epoch: int) -> None:
+    """Raise :class:`NonFiniteLoss` naming the first step of ``recent`` whose loss is NaN or
+    infinite and its batch's caption ids; then forget ``recent``."""
+    if not recent:
+        return
+    losses = torch.stack([loss for _, loss, _ in recent])  # (n,)
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        index, loss, cap_ids = recent[int(bad.nonzero()[0])]
+        ids = cap_ids.tolist()
+        shown = ", ".join(map(str, ids[:12])) + (", ..." if len(ids) > 12 else "")
+        raise NonFiniteLoss(f"training loss is {float(loss)} at epoch {epoch}, batch {index} "
+                            f"(caption ids {shown}); check those captions and their images' "
+                            f"features, or lower --learning_rate")
+    recent.clear()
 
 
 def log_loss(bar, writer, optimizer, window: torch.Tensor, steps: int, global_step: int) -> None:

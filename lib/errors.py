@@ -49,3 +49,8 @@ def user_message(err: Exception) -> str:
     if text.startswith(WORKER_PREFIX) and "\nOriginal Traceback" in text:
         return text.rstrip().splitlines()[-1].split(": ", 1)[-1]
     return text
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; the message names the step, the batch's
+    caption ids, and the last checkpoint written before it."""

@@ -68,3 +68,31 @@ def test_sigint_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tiny_toy, tmp_
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     assert a["best"] == b["best"]
+
+
+def test_a_non_finite_loss_names_the_step_the_captions_and_the_checkpoint(tiny_toy, tmp_path,
+                                                                         monkeypatch):
+    import torch
+
+    import lib.engine as engine
+    import train as train_cli
+    from lib.errors import NonFiniteLoss
+
+    calls = []
+
+    class NaNAtStep40(engine.TrainStep):
+        def __call__(self, batch, max_violation):
+            loss = super().__call__(batch, max_violation)
+            calls.append(batch.cap_ids)
+            return loss * float("nan") if len(calls) == 40 else loss
+
+    monkeypatch.setattr(engine, "TrainStep", NaNAtStep40)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss) as err:
+        train_cli.main(_args(tiny_toy, run, "--log_step", "5"))
+    bad = calls[39].tolist()
+    message = str(err.value)
+    assert "training loss is nan at epoch 1, batch 8 (caption ids " in message  # 31 + 9 = 40
+    assert ", ".join(map(str, bad[:12])) in message
+    assert f"the last good checkpoint is {run / 'checkpoint.pth'}" in message
+    assert torch.load(run / "checkpoint.pth", weights_only=True)["epoch"] == 1
