@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .batch import Batch, CaptionBatch, ImageBatch
 from .images import (
@@ -39,6 +39,7 @@ from .precomp import (
     collate_images,
     open_split,
 )
+from .sampling import EpochLoader, RankBatches, shard_range
 from .tokenizers import VocabTokenizer, WordPieceTokenizer, find_long_captions, resolve_vocab_file
 from .tokens import tokenize_captions
 from .vocab import Vocabulary
@@ -97,29 +98,32 @@ def report_long_captions(split: PrecompSplit | ImageSplit, tokenizer) -> int:
     return found.count
 
 
-def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit) -> TrainBatches | DataLoader:
-    """Training batches of ``split``. Region features: built a batch at a time (``pairs.py``)
-    from captions tokenized once (cached in ``--token_cache`` when given). Raw images: item by
-    item in loader processes, which decode and augment the pixels.
+def train_loader(args, tokenizer, split: PrecompSplit | ImageSplit, rank: int = 0,
+                 world_size: int = 1) -> TrainBatches | EpochLoader:
+    """Training batches of ``split``, drawn from (seed, epoch); with ``world_size`` ranks
+    (torchrun), this rank's slice of each (``sampling.py``). Region features: built a batch at
+    a time (``pairs.py``) from captions tokenized once (cached in ``--token_cache`` when
+    given). Raw images: item by item in loader processes, which decode and augment the pixels.
 
     ``--drop`` switches caption augmentation and region drop together, as CHAN's flag does; raw
     images are always cropped and flipped, their cells dropped by the grid encoder.
     """
     report_long_captions(split, tokenizer)
+    sampler = EpochBatchSampler(split.num_captions, args.batch_size, args.seed)
+    keys = RankBatches(sampler, rank, world_size)
     if isinstance(split, ImageSplit):
         dataset = ImagePairDataset(split, tokenizer, train=True, image_size=args.image_size,
                                    seed=args.seed, augment_captions=args.drop)
-        return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                          num_workers=args.workers, collate_fn=ImagePairCollate(tokenizer.pad_id),
-                          pin_memory=torch.cuda.is_available())
+        return EpochLoader(dataset, keys, num_workers=args.workers,
+                           collate_fn=ImagePairCollate(tokenizer.pad_id),
+                           pin_memory=torch.cuda.is_available())
     cache = check_token_cache(args.token_cache, args.data_path)
     tokens = tokenize_captions(split.captions, tokenizer, cache)
     dataset = PairBatches(split, tokens, CaptionFormat.of(tokenizer),
                           region_drop=args.obj_drop_rate if args.drop else 0.0,
                           augment_captions=args.drop, seed=args.seed,
                           pin=torch.cuda.is_available())
-    sampler = EpochBatchSampler(split.num_captions, args.batch_size, args.seed)
-    return TrainBatches(dataset, sampler, args.workers)
+    return TrainBatches(dataset, keys, args.workers)
 
 
 def check_token_cache(cache: str | None, data_path: str) -> str | None:
@@ -132,17 +136,25 @@ def check_token_cache(cache: str | None, data_path: str) -> str | None:
 
 def eval_loaders(data_path: str, split_name: str, img_dim: int | None, tokenizer,
                  batch_size: int, workers: int, kind: str = "precomp",
-                 image_size: int | None = None) -> tuple[DataLoader, DataLoader, object]:
+                 image_size: int | None = None, shard: tuple[int, int] = (0, 1)
+                 ) -> tuple[DataLoader, DataLoader, object]:
     """Loaders over the split's images (each once) and captions (in file order).
-    ``image_size``: the network input side, for raw images (``kind="images"``)."""
+    ``image_size``: the network input side, for raw images (``kind="images"``).
+
+    ``shard = (rank, world_size)``: only this rank's contiguous share of the images and of the
+    captions, so that the shares of all ranks, in rank order, are the whole split.
+    """
     split = build_dataset(kind, data_path, split_name, img_dim)
     report_long_captions(split, tokenizer)
     if isinstance(split, ImageSplit):
-        images = DataLoader(RawImageDataset(split, image_size), batch_size=batch_size,
-                            num_workers=workers, collate_fn=collate_raw_images)
+        images, collate = RawImageDataset(split, image_size), collate_raw_images
     else:
-        images = DataLoader(ImageDataset(split), batch_size=batch_size, num_workers=workers,
-                            collate_fn=collate_images)
-    captions = DataLoader(CaptionDataset(split, tokenizer), batch_size=batch_size,
-                          num_workers=workers, collate_fn=CaptionCollate(tokenizer.pad_id))
+        images, collate = ImageDataset(split), collate_images
+    captions = CaptionDataset(split, tokenizer)
+    if shard[1] > 1:
+        images, captions = (Subset(data, shard_range(len(data), *shard))
+                            for data in (images, captions))
+    images = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    captions = DataLoader(captions, batch_size=batch_size, num_workers=workers,
+                          collate_fn=CaptionCollate(tokenizer.pad_id))
     return images, captions, split
