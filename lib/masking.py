@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import summed_over_ranks
+
 
 def length_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(N,) lengths -> (N, max_len) bool mask, True at real (non-padded) positions."""
@@ -24,6 +26,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
 
 
+SYNCED = "statistics_over_ranks"  # attribute marking a BatchNorm layer synchronised over ranks
+
+
+def sync_batch_norms(model: torch.nn.Module) -> None:
+    """Let every BatchNorm layer of ``model`` normalise with the statistics of all ranks'
+    batches together. A mark, not torch's ``SyncBatchNorm``: that one has no CPU kernels, and
+    the trained BatchNorm layers here are computed by :func:`masked_batch_norm` anyway."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            setattr(module, SYNCED, True)
+
+
 def masked_batch_norm(bn: torch.nn.BatchNorm1d, x: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
     """BatchNorm of ``x (..., C)`` over the positions where ``mask (...)`` is True.
@@ -33,14 +47,19 @@ def masked_batch_norm(bn: torch.nn.BatchNorm1d, x: torch.Tensor,
     valid positions, and would give every batch another shape. Computed in float32 (as
     BatchNorm's statistics are under autocast); padded positions come out zero, and their
     values never enter, even inf/NaN.
+
+    A layer marked by :func:`sync_batch_norms` (``--sync_bn`` under torchrun) takes its
+    statistics over the valid positions of every rank's slice, i.e. of the global batch, with
+    gradients through the sums.
     """
     padded = ~mask.unsqueeze(-1)  # (..., 1)
     values = x.float().masked_fill(padded, 0)
     if bn.training or not bn.track_running_stats:
         dims = tuple(range(x.dim() - 1))
-        count = mask.sum().to(torch.float32)
-        mean = values.sum(dims) / count  # (C,)
-        var = (values - mean).masked_fill(padded, 0).square().sum(dims) / count  # (C,) biased
+        synced = getattr(bn, SYNCED, False)
+        count = _total(mask.sum().to(torch.float32), synced)
+        mean = _total(values.sum(dims), synced) / count  # (C,)
+        var = _total((values - mean).masked_fill(padded, 0).square().sum(dims), synced) / count
         if bn.training and bn.track_running_stats:
             _update_running_stats(bn, mean, var, count)
     else:
@@ -49,6 +68,11 @@ def masked_batch_norm(bn: torch.nn.BatchNorm1d, x: torch.Tensor,
     if bn.affine:
         out = out * bn.weight + bn.bias
     return out.masked_fill(padded, 0).to(x.dtype)
+
+
+def _total(x: torch.Tensor, synced: bool) -> torch.Tensor:
+    """``x``, summed over the ranks when ``synced`` (with gradients)."""
+    return summed_over_ranks(x) if synced else x
 
 
 @torch.no_grad()
