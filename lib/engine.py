@@ -14,12 +14,14 @@ import logging
 import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .data.batch import Batch
 from .data.pairs import DevicePrefetcher
 from .errors import NonFiniteLoss
-from .evaluation import recall_metrics, score_split
+from .evaluation import recall_metrics, score_split, score_split_sharded
+from .global_batch import GlobalBatchLoss
 from .precision import autocast
 
 log = logging.getLogger(__name__)
@@ -45,13 +47,18 @@ def batch_loss(model, criterion, batch: Batch, max_violation: bool) -> torch.Ten
     """Encode a batch, score every image against every caption, apply the loss.
 
     Scoring happens here rather than in the model's forward, so the scores a loss sees could
-    also include embeddings from elsewhere (other devices, a queue of earlier batches).
+    also include embeddings from elsewhere (other devices, a queue of earlier batches). Under
+    torchrun ``model`` is wrapped in DDP and ``criterion`` is a :class:`GlobalBatchLoss`, which
+    scores this rank's slice of the batch against the embeddings of every rank.
     """
     emb = model(batch.images, batch.img_lens, batch.captions, batch.cap_lens)
+    scorer = model.module if isinstance(model, DistributedDataParallel) else model
     # Scores and loss in float32 even under autocast: bf16 cosines near 1 are spaced ~0.004,
     # a tenth of the hinge margin, and would tie hardest negatives (the encoders stay in bf16).
     with torch.autocast(batch.images.device.type, enabled=False):
-        scores = model.score(emb.float())  # (B, B): rows images, columns captions
+        if isinstance(criterion, GlobalBatchLoss):  # torchrun: the batch is a slice
+            return criterion(scorer.score, emb.float(), batch.img_ids, max_violation)
+        scores = scorer.score(emb.float())  # (B, B): rows images, columns captions
         return criterion(scores, batch.img_ids, max_violation=max_violation)
 
 
@@ -178,7 +185,8 @@ def log_loss(bar, writer, optimizer, window: torch.Tensor, steps: int, global_st
 
 
 def evaluate(model, image_loader, caption_loader, device, precision: str = "fp32",
-             progress: bool = True) -> dict:
-    """Recall metrics of ``model`` on one split, scored like ``eval.py`` does."""
-    return recall_metrics(score_split(model, image_loader, caption_loader, device, precision,
-                                      progress))
+             progress: bool = True, sharded: bool = False) -> dict:
+    """Recall metrics of ``model`` on one split, scored like ``eval.py`` does. ``sharded``: the
+    loaders hold this rank's share of the split, and every rank gets the whole split's metrics."""
+    score = score_split_sharded if sharded else score_split
+    return recall_metrics(score(model, image_loader, caption_loader, device, precision, progress))

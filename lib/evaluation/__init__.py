@@ -6,9 +6,11 @@ import torch
 
 from .metrics import KEYS, fold_metrics, format_metrics, recall_metrics
 from .scoring import EncodedSplit, PackedSequences, encode_split, score_matrix
+from .sharded import score_split_sharded
 
 __all__ = ["KEYS", "EncodedSplit", "PackedSequences", "encode_split", "score_matrix",
-           "recall_metrics", "fold_metrics", "format_metrics", "score_split"]
+           "recall_metrics", "fold_metrics", "format_metrics", "score_split",
+           "score_split_sharded"]
 
 
 @torch.no_grad()

@@ -30,6 +30,10 @@ class Embeddings:
                           self.cap_lens)
 
 
+# A pytree node, so that DDP (and torch.compile) find the tensors of a forward's output.
+torch.export.register_dataclass(Embeddings)
+
+
 class ImageTextModel(nn.Module):
     """``img_enc``: regions -> (B, R, D); ``txt_enc``: tokens -> (B, L, D); ``sim``: scores.
 
