@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .errors import CheckpointError, WriteError
 
@@ -168,7 +169,9 @@ def carry_best(src_folder: str | Path, dst_folder: str | Path) -> bool:
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
     """``model.load_state_dict`` with a one-line :class:`CheckpointError` naming ``path`` on
-    mismatch."""
+    mismatch. Weights saved from a DDP-wrapped model (keys starting ``module.``) load too: the
+    prefix is removed from ``state_dict`` in place. ``train.py`` saves the unwrapped model's."""
+    consume_prefix_in_state_dict_if_present(state_dict, "module.")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as err:

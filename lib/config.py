@@ -338,6 +338,16 @@ def train_parser() -> argparse.ArgumentParser:
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
 
+    g = p.add_argument_group(
+        "distributed", "under torchrun (README: multi-GPU); --batch_size is the global batch, "
+        "split evenly among the ranks")
+    g.add_argument("--local_negatives", action="store_true",
+                   help="each rank ranks its own slice of the batch among itself only (plain "
+                   "DDP) instead of against all pairs of the global batch")
+    g.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="BatchNorm layers normalise with the statistics of the global batch, as "
+                   "one process would; --no-sync_bn: each rank with its own slice's")
+
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--model_name", default="runs/toy", help="folder for checkpoints and the log")
     g.add_argument("--logger_name", default=None,

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from .checkpoint import BEST, LATEST, carry_best, load_checkpoint, load_weights, set_rng_state
 from .config import saved_model_config
+from .distributed import barrier, is_main_process
 from .errors import CheckpointError, RunFolderError
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,15 @@ class Start(NamedTuple):
 
 
 def starting_point(args, cfg, model, optimizer, vocab) -> Start:
-    """The epoch to start at and the best dev metrics so far: a new run, or a resumed one."""
+    """The epoch to start at and the best dev metrics so far: a new run, or a resumed one.
+
+    Under torchrun every rank reads the checkpoint; only rank 0 changes the run folder.
+    """
     ckpt = load_checkpoint(args.resume) if args.resume else None  # before --overwrite removes it
     if args.overwrite and not continues_run(args):
-        discard_previous_run(Path(args.model_name))
+        barrier()  # every rank has read the checkpoint
+        if is_main_process():
+            discard_previous_run(Path(args.model_name))
     return resume(args, cfg, ckpt, model, optimizer, vocab) if ckpt else Start(0, {})
 
 
@@ -86,7 +92,7 @@ def resume(args, cfg, ckpt, model, optimizer, vocab) -> Start:
     for group, current in zip(optimizer.param_groups, flags, strict=True):
         group.update(current)  # --weight_decay / --bert_lr_factor of this invocation
     set_rng_state(ckpt["rng"])
-    if carry_best(Path(args.resume).parent, args.model_name):
+    if is_main_process() and carry_best(Path(args.resume).parent, args.model_name):
         log.info("copied %s into %s", Path(args.resume).parent / BEST, args.model_name)
     step = ckpt.get("step", 0)
     log.info("resumed %s at epoch %d%s (best dev rsum %.2f)", args.resume, ckpt["epoch"],
