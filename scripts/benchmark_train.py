@@ -14,14 +14,22 @@ bert-base-uncased's). At ``--batch_size`` (128) it prints pairs per second for
 and, from torch.profiler, the host-side operators (``aten::*`` calls) and sync points per step,
 for the eager step and the compiled one (``--modes``).
 
+Under torchrun each rank trains its slice of the global ``--batch_size`` as ``train.py`` does
+(DDP, the global-batch loss), rank 0 prints, and (b) and (c) give the total pairs/s of all
+ranks and the share of one GPU; (a) is one rank's loader. Each rank writes its own copy of the
+synthetic data (``--images`` x 295 KB).
+
     python scripts/benchmark_train.py                              # chan, full size, cuda
     python scripts/benchmark_train.py --config asdg
     python scripts/benchmark_train.py --small --device cpu         # CI size model on the CPU
+    torchrun --nproc_per_node=8 scripts/benchmark_train.py --modes eager   # 8 GPUs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shutil
 import sys
 import tempfile
@@ -37,10 +45,11 @@ import train as train_cli  # noqa: E402
 from lib.config import model_config, parse_train_args  # noqa: E402
 from lib.data import build_dataset, build_tokenizer, train_loader  # noqa: E402
 from lib.data.pairs import DevicePrefetcher  # noqa: E402
+from lib.distributed import World, local_batch_size, setup, teardown  # noqa: E402
 from lib.engine import TrainStep, train_one_epoch  # noqa: E402
 from lib.losses import build_criterion  # noqa: E402
 from lib.models import build_model  # noqa: E402
-from lib.precision import resolve, resolve_device  # noqa: E402
+from lib.precision import resolve  # noqa: E402
 
 REGIONS, IMG_DIM = 36, 2048
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -115,9 +124,10 @@ def train_args(opts, data: Path, text_model: Path, workers: int) -> argparse.Nam
                              opts.precision, "--no_progress", "--log_step", "1000000", *extra])
 
 
-def data_rate(args, tokenizer, split, device: torch.device, batches: int) -> float:
-    """Pairs/s of the loader (+ copy to the device) over ``batches`` batches after the first."""
-    loader = train_loader(args, tokenizer, split)
+def data_rate(args, tokenizer, split, device: torch.device, batches: int, world: World) -> float:
+    """Pairs/s of this rank's loader (+ copy to the device) over ``batches`` batches after the
+    first."""
+    loader = train_loader(args, tokenizer, split, world.rank, world.size)
     loader.set_epoch(1)
     seen, start = 0, None
     for i, batch in enumerate(DevicePrefetcher(loader, device)):
@@ -166,18 +176,20 @@ def profile_steps(step: TrainStep, batch, steps: int, device: torch.device) -> d
             "kernel_s": None if busy is None else busy * wall / steps}
 
 
-def build(args, split, device: torch.device):
+def build(args, split, device: torch.device, world: World):
+    """The model as it trains (under torchrun: in DDP), its loss and its optimizer."""
     cfg = model_config(args, split.feature_dim)
     model = build_model(cfg, pretrained=False).to(device)
-    criterion = build_criterion(args)
-    return model, criterion, train_cli.build_optimizer(model, args)
+    criterion = train_cli.for_ranks(model, build_criterion(args), args, world)
+    optimizer = train_cli.build_optimizer(model, args)
+    return train_cli.data_parallel(model, world, device), criterion, optimizer
 
 
-def bench_mode(mode: str, args, split, loader_batch, device, opts) -> dict:
+def bench_mode(mode: str, args, split, loader_batch, device, opts, world: World) -> dict:
     """(b), (c), (d) and the operator counts for one mode (eager or compiled)."""
     torch.manual_seed(0)
     args.compile = mode == "compiled"
-    model, criterion, optimizer = build(args, split, device)
+    model, criterion, optimizer = build(args, split, device, world)
     precision = resolve(args.precision, device)
     step = TrainStep(model, criterion, optimizer, args.grad_clip, precision, device,
                      args.compile_mode if args.compile else None)
@@ -186,17 +198,20 @@ def bench_mode(mode: str, args, split, loader_batch, device, opts) -> dict:
         step(loader_batch, True)
     seconds = time_steps(step, loader_batch, opts.steps, device)
     prof = profile_steps(step, loader_batch, opts.profile_steps, device)
-    loader = train_loader(args, build_tokenizer(args), split)
+    loader = train_loader(args, build_tokenizer(args), split, world.rank, world.size)
     train_one_epoch(model, criterion, loader, optimizer, device, 1, args, None, precision)
     e2e = train_one_epoch(model, criterion, loader, optimizer, device, 2, args, None, precision)
     return {"step_s": seconds, "e2e": e2e["pairs_per_second"], **prof}
 
 
-def report_mode(mode: str, r: dict, batch: int, data: float) -> None:
+def report_mode(mode: str, r: dict, batch: int, data: float, ranks: int) -> None:
+    """``batch``: the global batch; ``data``: one rank's loader; pairs/s for all ``ranks``."""
     step_rate = batch / r["step_s"]
-    print(f"(b) model step, {mode:8s} {r['step_s'] * 1e3:9.1f} ms = {step_rate:8.0f} pairs/s")
-    print(f"(c) end to end, {mode:8s} {r['e2e']:22.0f} pairs/s   ({r['e2e'] / step_rate:.2f} of "
-          f"the step alone; data alone / step = {data / step_rate:.1f})")
+    print(f"(b) model step, {mode:8s} {r['step_s'] * 1e3:9.1f} ms = {step_rate:8.0f} pairs/s"
+          f"{per_gpu(step_rate, ranks)}")
+    print(f"(c) end to end, {mode:8s} {r['e2e']:22.0f} pairs/s{per_gpu(r['e2e'], ranks)}   "
+          f"({r['e2e'] / step_rate:.2f} of the step alone; data alone / step = "
+          f"{data * ranks / step_rate:.1f})")
     if r["busy"] is None:
         print(f"(d) GPU busy, {mode:8s}   n/a (no GPU)")
     else:
@@ -205,6 +220,11 @@ def report_mode(mode: str, r: dict, batch: int, data: float) -> None:
               f"ms/step: {batch / kernels:.0f} pairs/s if never idle)")
     print(f"    host operators, {mode:8s} {r['ops']:14.0f} per step, {r['syncs']:.0f} sync "
           f"points ({', '.join(SYNC_OPS)})")
+
+
+def per_gpu(total: float, ranks: int) -> str:
+    """The share of one rank of a total of ``ranks`` ranks; nothing for one process."""
+    return f" in total, {total / ranks:.0f} per GPU ({ranks} ranks)" if ranks > 1 else ""
 
 
 def main(argv=None) -> dict:
@@ -227,13 +247,19 @@ def main(argv=None) -> dict:
     opts = p.parse_args(argv)
     opts.images = opts.images or (256 if opts.small else 2000)
     opts.steps = opts.steps or (3 if opts.small else 20)
-    device = resolve_device(opts.device)
+    world = World.from_environment()
+    local_batch_size(opts.batch_size, world)
+    device = setup(world, opts.device)
     workers = [int(w) for w in opts.workers.split(",")]
-    with tempfile.TemporaryDirectory(prefix="benchmark_train_") as tmp:
-        return run(opts, Path(tmp), device, workers)
+    quiet = contextlib.nullcontext() if world.is_main else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with tempfile.TemporaryDirectory(prefix="benchmark_train_") as tmp, quiet:
+            return run(opts, Path(tmp), device, workers, world)
+    finally:
+        teardown()
 
 
-def run(opts, tmp: Path, device: torch.device, workers: list[int]) -> dict:
+def run(opts, tmp: Path, device: torch.device, workers: list[int], world: World) -> dict:
     data = write_data(tmp / "synthetic", opts.images)
     text_model = write_text_model(tmp, opts.config, opts.small)
     args = train_args(opts, data, text_model, workers[0])
@@ -243,20 +269,22 @@ def run(opts, tmp: Path, device: torch.device, workers: list[int]) -> dict:
     print(f"device {device} ({card}), torch {torch.__version__}, {opts.config}"
           f"{' (small)' if opts.small else ''}, precision {resolve(args.precision, device)}, "
           f"batch {opts.batch_size}, {opts.images} images x {REGIONS} x {IMG_DIM}, "
-          f"{split.num_captions} captions, {torch.get_num_threads()} threads")
+          f"{split.num_captions} captions, {torch.get_num_threads()} threads, "
+          f"{world.size} rank(s)")
     batches = split.num_captions // opts.batch_size - 1
     rates = {}
     for w in workers:
         args.workers = w
-        rates[w] = data_rate(args, tokenizer, split, device, batches)
+        rates[w] = data_rate(args, tokenizer, split, device, batches, world)
         print(f"(a) data pipeline, {w} worker(s) {rates[w]:10.0f} pairs/s = "
-              f"{rates[w] / max(1, w):.0f} per worker")
+              f"{rates[w] / max(1, w):.0f} per worker{' (one rank)' if world.distributed else ''}")
     args.workers = workers[0]
-    batch = next(iter(DevicePrefetcher(train_loader(args, tokenizer, split), device)))
+    loader = train_loader(args, tokenizer, split, world.rank, world.size)
+    batch = next(iter(DevicePrefetcher(loader, device)))
     results = {"data": rates}
     for mode in opts.modes.split(","):
-        results[mode] = bench_mode(mode, args, split, batch, device, opts)
-        report_mode(mode, results[mode], opts.batch_size, rates[workers[0]])
+        results[mode] = bench_mode(mode, args, split, batch, device, opts, world)
+        report_mode(mode, results[mode], opts.batch_size, rates[workers[0]], world.size)
     if "eager" in results and "compiled" in results:
         print(f"host operators per step, eager / compiled: "
               f"{results['eager']['ops'] / results['compiled']['ops']:.1f}x")
